@@ -1,0 +1,1 @@
+"""kpray: self-supervised keypoint and skeleton discovery on Ray."""

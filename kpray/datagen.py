@@ -1,0 +1,413 @@
+"""Render simulated episodes into WebDataset shards with Ray actors.
+
+Layout of an output folder ``DIR``::
+
+    DIR/train-000000.tar ...   shard k holds episodes [k * shard_size, (k + 1) * shard_size)
+    DIR/test-000000.tar ...
+    DIR/.kpray-gen.json        the generation spec, written first (guards against mixing runs)
+    DIR/manifest.json          written last: spec, counts, per-shard episodes/bytes/sha256, versions
+    DIR/preview.png            contact sheet with GT joints and skeletons
+
+Guarantees: the episode is a pure function of (dataset, split, seed, index, frames, size,
+quality), and shard bytes are reproducible (fixed tar mtime/owner), so the shards and the
+manifest do not depend on the number of workers. A shard is written to a hidden temporary file
+and renamed into place, so a killed run never leaves a partial shard under a final name; a rerun
+renders only the missing shards. An actor that dies is restarted by Ray and its shard is redone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from kpray.data import FRAME_CODECS, encode_episode
+
+SPEC_FILE = ".kpray-gen.json"
+MANIFEST = "manifest.json"
+FORMAT = "kpray-episodes/1"
+SPLITS = ("train", "test")
+QUALITIES = ("fast", "full")
+
+
+class GenError(Exception):
+    """Bad input or an output folder that cannot be used; the job prints it on one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class GenSpec:
+    """Everything that determines the bytes of a dataset (and nothing that does not)."""
+
+    dataset: str
+    seed: int = 0
+    episodes: int = 1000
+    test_episodes: int = 60
+    frames: int = 90
+    size: int = 64
+    quality: str = "fast"
+    shard_size: int = 50
+    frame_codec: str = "png"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def count(self, split: str) -> int:
+        return self.episodes if split == "train" else self.test_episodes
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    split: str
+    shard: int
+    first_index: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.shard:06d}.tar"
+
+
+def validate_spec(spec: GenSpec) -> GenSpec:
+    """Check the spec (raising GenError on one line) and canonicalise the dataset name."""
+    from sim import parse_dataset
+
+    try:
+        ds = parse_dataset(spec.dataset)
+    except ValueError as e:
+        raise GenError(str(e)) from None
+    for field in ("episodes", "test_episodes", "frames", "size", "shard_size"):
+        if getattr(spec, field) < 1:
+            raise GenError(f"--{field.replace('_', '-')} must be a positive integer, got {getattr(spec, field)}")
+    if spec.frames < 2:
+        raise GenError(f"--frames must be at least 2 (training samples pairs of frames), got {spec.frames}")
+    if spec.size < 16:
+        raise GenError(f"--size must be at least 16 pixels, got {spec.size}")
+    if spec.quality not in QUALITIES:
+        raise GenError(f"--quality must be one of {QUALITIES}, got {spec.quality!r}")
+    if spec.frame_codec not in FRAME_CODECS:
+        raise GenError(f"--frame-codec must be one of {FRAME_CODECS}, got {spec.frame_codec!r}")
+    if spec.seed < 0:
+        raise GenError(f"--seed must be >= 0, got {spec.seed}")
+    return dataclasses.replace(spec, dataset=ds.name)
+
+
+def plan_shards(spec: GenSpec) -> list[ShardTask]:
+    """All shards of the dataset, test first (small, and evaluation needs it first)."""
+    tasks = []
+    for split in ("test", "train"):
+        n = spec.count(split)
+        for k, first in enumerate(range(0, n, spec.shard_size)):
+            tasks.append(ShardTask(split, k, first, min(spec.shard_size, n - first)))
+    return tasks
+
+
+def check_out_dir(spec: GenSpec, out: str) -> None:
+    """Refuse folders we cannot write or that hold another dataset. Writes nothing."""
+    existing = out
+    while not os.path.exists(existing):
+        parent = os.path.dirname(os.path.abspath(existing))
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise GenError(f"cannot write to {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GenError(f"cannot write to {out}: {existing} is not writable")
+    try:  # os.access says yes to root even on a read-only mount: probe, then clean up
+        fd, probe = tempfile.mkstemp(prefix=".kpray-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise GenError(f"cannot write to {out}: {e.strerror}") from None
+    if existing != out:
+        return
+    spec_path = os.path.join(out, SPEC_FILE)
+    if os.path.exists(spec_path):
+        with open(spec_path) as f:
+            old = json.load(f)
+        diff = [k for k, v in spec.to_json().items() if old.get(k) != v]
+        if diff:
+            what = ", ".join(f"{k} {old.get(k)!r} (asked {getattr(spec, k)!r})" for k in diff)
+            raise GenError(f"{out} holds a different dataset: {what}; choose another --out")
+    elif glob.glob(os.path.join(out, "*.tar")):
+        raise GenError(f"{out} holds shards that kpray did not write; choose another --out")
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def render_shard(spec: GenSpec, task: ShardTask, out: str, on_episode=None) -> dict:
+    """Render one shard's episodes and move the finished tar into place. Returns its record."""
+    import webdataset as wds
+
+    from sim import render_episode
+
+    final = os.path.join(out, task.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{task.name}.", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # Fixed mtime and owner: shard bytes depend on the episodes alone.
+            sink = wds.TarWriter(f, user="kpray", group="kpray", mtime=0.0)
+            for i in range(task.first_index, task.first_index + task.count):
+                ep = render_episode(spec.dataset, split=task.split, seed=spec.seed, index=i,
+                                    frames=spec.frames, size=spec.size, quality=spec.quality)
+                sink.write(encode_episode(ep, f"{task.split}-{i:06d}", spec.frame_codec))
+                if on_episode is not None:
+                    on_episode(spec.frames)
+            sink.close()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return {"name": task.name, "split": task.split, "episodes": task.count,
+            "first_index": task.first_index, "bytes": os.path.getsize(final),
+            "sha256": sha256_file(final)}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("kpray", "mujoco", "dm-control", "webdataset", "numpy", "pillow", "ray"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def build_manifest(spec: GenSpec, records: list[dict]) -> dict:
+    from sim import parse_dataset
+
+    records = sorted(records, key=lambda r: (r["split"], r["name"]))
+    splits = {}
+    for split in SPLITS:
+        rs = [r for r in records if r["split"] == split]
+        splits[split] = {"episodes": sum(r["episodes"] for r in rs),
+                         "frames": sum(r["episodes"] for r in rs) * spec.frames,
+                         "bytes": sum(r["bytes"] for r in rs),
+                         "shards": [{k: r[k] for k in ("name", "episodes", "first_index", "bytes", "sha256")}
+                                    for r in rs]}
+    total_frames = splits["train"]["frames"] + splits["test"]["frames"]
+    total_bytes = splits["train"]["bytes"] + splits["test"]["bytes"]
+    return {"format": FORMAT, "spec": spec.to_json(), "dataset": parse_dataset(spec.dataset).to_json(),
+            "splits": splits, "bytes_per_frame": round(total_bytes / max(total_frames, 1), 1),
+            "versions": _versions()}
+
+
+def _init_ray(num_cpus: int | None = None):
+    """Join the cluster under ``ray job submit`` (RAY_ADDRESS set); else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    env = {"env_vars": render_env()}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, runtime_env=env, log_to_driver=True)
+    return ray
+
+
+def render_env() -> dict:
+    """Environment for render workers: headless GL, one rasteriser thread per actor."""
+    gl = os.environ.get("MUJOCO_GL", "egl")
+    return {"MUJOCO_GL": gl, "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", gl),
+            # Mesa's software rasteriser spawns a thread per core; with one actor per core that
+            # oversubscribes the CPU and ruins scaling.
+            "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS", "1")}
+
+
+def _make_actor_class(ray):
+    @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)
+    class ShardRenderer:
+        """Holds a worker process with its GL context warm; renders whole shards."""
+
+        def __init__(self, spec_json: dict, out: str, progress):
+            self.spec = GenSpec(**spec_json)
+            self.out = out
+            self.progress = progress
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def render(self, task: ShardTask) -> dict:
+            return render_shard(self.spec, task, self.out,
+                                on_episode=lambda frames: self.progress.add.remote(1, frames))
+
+    return ShardRenderer
+
+
+def _make_progress_class(ray):
+    @ray.remote(num_cpus=0)
+    class Progress:
+        def __init__(self):
+            self.episodes = 0
+            self.frames = 0
+
+        def add(self, episodes: int, frames: int):
+            self.episodes += episodes
+            self.frames += frames
+
+        def get(self):
+            return self.episodes, self.frames
+
+    return Progress
+
+
+def generate(spec: GenSpec, out: str, workers: int = 2, show_progress: bool = True,
+             preview: bool = True, max_shard_retries: int = 3, stats: dict | None = None) -> dict:
+    """Render every missing shard of ``spec`` into ``out`` with ``workers`` Ray actors.
+
+    Returns the manifest (also written to ``out/manifest.json``). Raises GenError on bad input
+    before writing anything. ``stats``, when given, receives ``rendered`` (shard names rendered
+    by this call) and ``redone`` (shards whose actor died and that were rendered again).
+    """
+    stats = {} if stats is None else stats
+    spec = validate_spec(spec)
+    if workers < 1:
+        raise GenError(f"--workers must be a positive integer, got {workers}")
+    check_out_dir(spec, out)
+
+    os.makedirs(out, exist_ok=True)
+    _write_json_atomic(os.path.join(out, SPEC_FILE), spec.to_json())
+    for stale in glob.glob(os.path.join(out, ".*.tmp")):  # left by a killed run
+        os.unlink(stale)
+    # A finished manifest means nothing is missing unless shards were deleted since.
+    tasks = plan_shards(spec)
+    done = {t.name for t in tasks if os.path.exists(os.path.join(out, t.name))}
+    todo = [t for t in tasks if t.name not in done]
+    records = _known_records(out, spec, tasks, done)
+
+    stats.update(rendered=[t.name for t in todo], redone=[])
+    if todo:
+        records += _render_with_ray(spec, todo, out, workers, show_progress, max_shard_retries,
+                                    stats["redone"])
+    manifest = build_manifest(spec, records)
+    _write_json_atomic(os.path.join(out, MANIFEST), manifest)
+    if preview:
+        from kpray.preview import write_preview
+
+        write_preview(out, os.path.join(out, "preview.png"))
+    return manifest
+
+
+def _known_records(out: str, spec: GenSpec, tasks: list[ShardTask], done: set[str]) -> list[dict]:
+    """Records of shards already on disk, from the old manifest when it still matches the file."""
+    old = {}
+    path = os.path.join(out, MANIFEST)
+    if os.path.exists(path):
+        with open(path) as f:
+            m = json.load(f)
+        for split in SPLITS:
+            for r in m["splits"][split]["shards"]:
+                old[r["name"]] = r
+    records = []
+    for t in tasks:
+        if t.name not in done:
+            continue
+        size = os.path.getsize(os.path.join(out, t.name))
+        r = old.get(t.name)
+        digest = r["sha256"] if r and r["bytes"] == size else sha256_file(os.path.join(out, t.name))
+        records.append({"name": t.name, "split": t.split, "episodes": t.count,
+                        "first_index": t.first_index, "bytes": size, "sha256": digest})
+    return records
+
+
+def _render_with_ray(spec, todo, out, workers, show_progress, max_shard_retries, redone) -> list[dict]:
+    ray = _init_ray()
+    from ray.exceptions import RayActorError
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    n_actors = max(1, min(workers, len(todo), cpus))
+    if n_actors < workers and show_progress:
+        print(f"using {n_actors} render actors (asked {workers}; {len(todo)} shards to render, "
+              f"{cpus} CPUs in the cluster)", file=sys.stderr)
+    Progress, Renderer = _make_progress_class(ray), _make_actor_class(ray)
+    progress = Progress.remote()
+    env = {"env_vars": render_env()}
+    actors = [Renderer.options(runtime_env=env).remote(spec.to_json(), os.path.abspath(out), progress)
+              for _ in range(n_actors)]
+
+    pending = deque(todo)
+    inflight, retries, records = {}, {}, []
+
+    def submit(actor):
+        task = pending.popleft()
+        inflight[actor.render.remote(task)] = (actor, task)
+
+    for actor in actors:
+        if pending:
+            submit(actor)
+    total_eps = sum(t.count for t in todo)
+    bar = _progress_bar(total_eps, spec.frames, show_progress)
+    t0 = time.perf_counter()
+    try:
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+            for ref in ready:
+                actor, task = inflight.pop(ref)
+                try:
+                    records.append(ray.get(ref))
+                except RayActorError:
+                    # The actor died (node lost, OOM, killed); Ray restarts it. Redo the shard:
+                    # the rename is atomic, so nothing partial or duplicated remains.
+                    retries[task.name] = retries.get(task.name, 0) + 1
+                    if retries[task.name] > max_shard_retries:
+                        raise GenError(f"shard {task.name} failed {retries[task.name]} times; giving up")
+                    pending.appendleft(task)
+                    redone.append(task.name)
+                    if show_progress:
+                        print(f"\nrender actor died; redoing {task.name}", file=sys.stderr)
+                if pending:
+                    submit(actor)
+            eps, frames = ray.get(progress.get.remote())
+            bar.update(min(eps, total_eps), frames, time.perf_counter() - t0)
+    finally:
+        bar.close()
+        for a in actors:
+            ray.kill(a, no_restart=True)
+        ray.kill(progress)
+    return records
+
+
+class _progress_bar:
+    """tqdm bar over episodes, with frames/s in the postfix."""
+
+    def __init__(self, total_episodes: int, frames_per_episode: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_episodes, unit="ep", desc="rendering", disable=not enabled,
+                        dynamic_ncols=True, file=sys.stderr)
+        self.last = 0
+
+    def update(self, episodes: int, frames: int, elapsed_s: float):
+        if episodes > self.last:
+            self.bar.update(episodes - self.last)
+            self.last = episodes
+        self.bar.set_postfix_str(f"{frames / max(elapsed_s, 1e-9):.0f} frames/s", refresh=False)
+
+    def close(self):
+        self.bar.close()
