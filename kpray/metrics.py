@@ -1,0 +1,410 @@
+"""Evaluation metrics of the two papers: joints, skeleton structure, keypoint regression.
+
+Pure functions on numpy arrays (numpy + scipy only). Every definition is written out in
+``docs/metrics.md``; this docstring lists where the papers are loose and what we chose.
+
+Sources: ``skeleton.txt`` (Anciukevicius et al., ICPR 2022) section IV and supplementary VIII,
+``autolink.txt`` (He et al., NeurIPS 2022) section 4.1, and issue 4 of this project.
+
+Where the papers are loose, and the definitions we use
+------------------------------------------------------
+- Matching. "Match predicted and GT joints based on their trajectories ... mean Euclidean
+  distance ... Hungarian algorithm". We use ``C[i, j] = mean_t ||pred[t, i] - gt[t, j]||`` and
+  ``M = scipy.optimize.linear_sum_assignment(C)`` (min(P, J) pairs; rectangular allowed). GT
+  visibility is *not* used: every GT joint counts in every frame (the paper does not mention
+  occlusion).
+- Precision/recall/F1 are per frame, then averaged over frames; a matched pair is a hit in
+  frame t when its distance is ``<= eps`` (the paper says a match is discarded when "larger than
+  eps", so equality is a hit). ``f1_t = 0`` when precision_t and recall_t are both 0.
+- Consistency: per frame t, ``M_t`` is the optimal assignment of that frame's distances. When a
+  frame has several optimal assignments (exact ties, or sums within 1e-9 of the largest distance
+  in the video), we take the one that agrees most with the video-level ``M``; without this rule
+  the result would depend on the order of the predicted joints. Denominator: T * min(P, J).
+- Ties in the video-level cost ``C`` are resolved by scipy's deterministic order. ``dist`` does
+  not depend on that choice (it is the optimal cost), the other keys may.
+- Empty side (P = 0 or J = 0): precision, recall, f1, consistency are 0, dist is NaN,
+  diff = |P - J|; structure metrics are all NaN (no pair to score).
+- Structure: adjacencies are symmetrised with logical OR and their diagonals ignored; a
+  non-bool ``pred_adj`` is binarised with ``>= 0.5``. Pairs are the unordered pairs of
+  predicted joints that are both matched. ``f1 = 2TP / (2TP + FP + FN)``, which is the harmonic
+  mean of precision and recall when both are defined, 0 when TP = 0 but there were positives,
+  and NaN (0/0) when neither the prediction nor the truth has a positive pair. Any ratio with
+  a zero denominator is NaN (so ``bcc`` is NaN when the GT pairs are all links or all non-links).
+- Coordinates: the skeleton paper reports distances with "xy pixel coordinates normalised to
+  [-1, 1]". With pixel centres at integers 0..S-1 we map ``u = 2 x / (S - 1) - 1`` (the centres
+  of the first and last pixels land on -1 and +1, as ``torch.linspace(-1, 1, S)``; x uses the
+  width, y the height). :func:`normalise_pixels`.
+- Regression (AutoLink 4.1): a linear map without bias, least squares; inputs in pixels with the
+  origin at the top-left pixel centre. The official code regresses from ``[0, 1]``-scaled
+  keypoints, which differs from pixels by a scale factor only, so (without bias) the fitted
+  predictions are the same up to the half-pixel offset of its convention. Rank-deficient
+  systems use numpy's minimum-norm least-squares solution.
+- AutoLink adjacency: the shared graph's weights of unordered pairs come from the upper
+  triangle (i < j), are divided by their maximum and thresholded at ``>= 0.5``
+  (:func:`autolink_adjacency`; ``method="minmax"`` is the alternative).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+# Supplementary VIII of the skeleton paper (Human3.6M, 0.30, is not one of our datasets).
+PAPER_EPSILON = {"spiders": 0.20, "cartpoles": 0.15, "swimmers": 0.20, "mwhc": 0.30,
+                 "spiders0shot": 0.20}
+
+# Row order and labels of the paper's tables.
+PAPER_DATASETS = ("spiders", "cartpoles", "mwhc", "swimmers", "human36m", "spiders0shot")
+DATASET_LABELS = {"spiders": "Spiders", "cartpoles": "Cartpoles", "mwhc": "M+W+H+C",
+                  "swimmers": "Swimmers", "human36m": "Human3.6M",
+                  "spiders0shot": "Spiders 0-Shot"}
+
+STRUCTURE_KEYS = ("acc", "bcc", "f1", "precision", "recall")            # Table I column order
+JOINT_KEYS = ("dist", "consistency", "f1", "precision", "recall", "diff")  # Table II order
+HIGHER_IS_BETTER = {"acc": True, "bcc": True, "f1": True, "precision": True, "recall": True,
+                    "consistency": True, "dist": False, "diff": False}
+
+
+def _rows(keys, table):
+    return {d: dict(zip(keys, vals)) for d, vals in table.items()}
+
+
+# Table I of the skeleton paper: structure (Acc, Bcc, F1, Prec, Rec).
+PAPER_TABLE_I = {
+    "method": "Anciukevicius et al. (paper)",
+    "baseline": "Li et al. [28] (paper)",
+    "ours": _rows(STRUCTURE_KEYS, {
+        "spiders": (0.67, 0.55, 0.22, 0.16, 0.38),
+        "cartpoles": (0.95, 0.94, 0.93, 0.99, 0.87),
+        "mwhc": (0.72, 0.58, 0.35, 0.39, 0.32),
+        "swimmers": (0.89, 0.89, 0.85, 0.89, 0.82),
+        "human36m": (0.85, 0.58, 0.27, 0.33, 0.23),
+        "spiders0shot": (0.77, 0.62, 0.37, 0.34, 0.40),
+    }),
+    "baseline_rows": _rows(STRUCTURE_KEYS, {
+        "spiders": (0.40, 0.51, 0.21, 0.13, 0.66),
+        "cartpoles": (0.56, 0.56, 0.47, 0.41, 0.54),
+        "mwhc": (0.58, 0.50, 0.26, 0.21, 0.35),
+        "swimmers": (0.55, 0.50, 0.38, 0.42, 0.36),
+        "human36m": (0.22, 0.51, 0.21, 0.12, 0.89),
+        "spiders0shot": (0.51, 0.55, 0.34, 0.23, 0.63),
+    }),
+}
+
+# Table II of the skeleton paper: joints (Dist, Constcy, F1, Prec, Rec, Diff).
+PAPER_TABLE_II = {
+    "method": "Anciukevicius et al. (paper)",
+    "baseline": "Kulkarni et al. [11] (paper)",
+    "ours": _rows(JOINT_KEYS, {
+        "spiders": (0.083, 0.91, 0.87, 0.89, 0.85, 4.3),
+        "cartpoles": (0.086, 0.92, 0.84, 0.86, 0.82, 1.2),
+        "mwhc": (0.133, 1.0, 0.89, 0.98, 0.82, 1.5),
+        "swimmers": (0.066, 0.96, 0.90, 0.96, 0.85, 0.9),
+        "human36m": (0.180, 1.0, 0.9, 0.9, 0.9, 0.1),
+        "spiders0shot": (0.090, 0.98, 0.70, 0.91, 0.57, 5.4),
+    }),
+    "baseline_rows": _rows(JOINT_KEYS, {
+        "spiders": (0.270, 0.71, 0.33, 0.32, 0.33, 4.4),
+        "cartpoles": (0.126, 0.70, 0.72, 0.63, 0.85, 1.9),
+        "mwhc": (0.143, 0.71, 0.91, 0.84, 0.99, 1.5),
+        "swimmers": (0.083, 0.72, 0.87, 0.77, 0.98, 1.4),
+        "human36m": (0.226, 1.0, 0.86, 0.86, 0.86, 0.0),
+        "spiders0shot": (0.240, 0.52, 0.47, 0.44, 0.51, 2.5),
+    }),
+}
+
+# Relative size below which two per-frame assignment costs count as tied (consistency).
+_TIE_RTOL = 1e-9
+
+
+# ----------------------------------------------------------------------------- coordinates
+
+def normalise_pixels(xy, size) -> np.ndarray:
+    """Pixel coordinates -> the papers' [-1, 1] convention.
+
+    xy: ``[..., 2]`` pixels, ``[..., 0]`` = x (column), ``[..., 1]`` = y (row), pixel centres at
+    integers ``0 .. S-1``. size: ``S`` (square image) or ``(width, height)``.
+    Returns float64 ``[..., 2]`` with ``u = 2 * x / (width - 1) - 1``, ``v = 2 * y / (height - 1)
+    - 1``: the centre of the first pixel maps to -1, of the last to +1 (``torch.linspace(-1, 1,
+    S)``). On a 64-pixel image one unit is 31.5 pixels.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    w, h = (size, size) if np.ndim(size) == 0 else size
+    if w < 2 or h < 2:
+        raise ValueError(f"image size must be at least 2 pixels, got {size}")
+    scale = np.array([2.0 / (w - 1), 2.0 / (h - 1)])
+    return xy * scale - 1.0
+
+
+# ----------------------------------------------------------------------------- matching
+
+def pairwise_distances(pred, gt) -> np.ndarray:
+    """Per-frame Euclidean distances ``D[t, i, j] = ||pred[t, i] - gt[t, j]||``.
+
+    pred: ``[T, P, 2]``, gt: ``[T, J, 2]`` (same units). Returns float64 ``[T, P, J]``.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.ndim != 3 or gt.ndim != 3 or pred.shape[2] != 2 or gt.shape[2] != 2:
+        raise ValueError(f"expected pred [T, P, 2] and gt [T, J, 2], got {pred.shape}, {gt.shape}")
+    if pred.shape[0] != gt.shape[0]:
+        raise ValueError(f"pred has {pred.shape[0]} frames, gt has {gt.shape[0]}")
+    if pred.shape[0] == 0:
+        raise ValueError("a video needs at least one frame")
+    diff = pred[:, :, None, :] - gt[:, None, :, :]
+    return np.sqrt(np.einsum("tpjc,tpjc->tpj", diff, diff))
+
+
+def video_matching(pred, gt, distances=None) -> tuple[np.ndarray, np.ndarray]:
+    """Video-level matching M of predicted to GT joints.
+
+    ``C[i, j] = mean_t ||pred[t, i] - gt[t, j]||``; ``M = linear_sum_assignment(C)``.
+    pred: ``[T, P, 2]``, gt: ``[T, J, 2]``; ``distances`` (``[T, P, J]``) skips recomputing them.
+    Returns ``(rows, cols)``: int arrays of length min(P, J), predicted joint ``rows[k]`` is
+    matched to GT joint ``cols[k]``, rows increasing.
+    """
+    d = pairwise_distances(pred, gt) if distances is None else distances
+    if d.shape[1] == 0 or d.shape[2] == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    rows, cols = linear_sum_assignment(d.mean(axis=0))
+    return rows.astype(np.intp), cols.astype(np.intp)
+
+
+# ----------------------------------------------------------------------------- joints
+
+def joint_metrics(pred, gt, eps: float, matching=None, distances=None) -> dict:
+    """Joint detection metrics of one video (skeleton paper, Table II).
+
+    pred: ``[T, P, 2]`` predicted joint trajectories; gt: ``[T, J, 2]`` GT joints; same units
+    (the paper's: normalised to [-1, 1], see :func:`normalise_pixels`). eps: hit threshold, in
+    those units. ``matching``/``distances``: optional precomputed :func:`video_matching` /
+    :func:`pairwise_distances`.
+
+    Returns floats:
+      - ``dist``: mean over frames and matched pairs of the distance (NaN when P or J is 0);
+      - ``precision``, ``recall``, ``f1``: per-frame ``hits_t / P``, ``hits_t / J`` and their
+        harmonic mean (0 if both are 0), averaged over frames; a hit is a matched pair with
+        distance ``<= eps``;
+      - ``consistency``: fraction over frames t and matched predicted joints i of
+        ``M_t(i) == M(i)``, ``M_t`` the optimal assignment of frame t alone (ties favour M);
+      - ``diff``: ``|P - J|``.
+    """
+    d = pairwise_distances(pred, gt) if distances is None else distances
+    T, P, J = d.shape
+    out = {"dist": math.nan, "precision": 0.0, "recall": 0.0, "f1": 0.0, "consistency": 0.0,
+           "diff": float(abs(P - J))}
+    if P == 0 or J == 0:
+        return out
+    rows, cols = video_matching(None, None, d) if matching is None else matching
+    rows, cols = np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)
+    d_matched = d[:, rows, cols]                                   # [T, m]
+    out["dist"] = float(d_matched.mean())
+
+    hits = (d_matched <= eps).sum(axis=1).astype(np.float64)      # [T]
+    precision_t, recall_t = hits / P, hits / J
+    denom = precision_t + recall_t
+    f1_t = np.divide(2 * precision_t * recall_t, denom, out=np.zeros(T), where=denom > 0)
+    out["precision"] = float(precision_t.mean())
+    out["recall"] = float(recall_t.mean())
+    out["f1"] = float(f1_t.mean())
+    out["consistency"] = _consistency(d, rows, cols)
+    return out
+
+
+def _consistency(d: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
+    """Fraction of (t, i in M) with per-frame assignment M_t(i) == M(i); d: [T, P, J]."""
+    T, P, J = d.shape
+    m = len(rows)
+    # Among a frame's optimal assignments prefer those agreeing with M: subtract a bonus too
+    # small to beat any assignment that is better by more than _TIE_RTOL * max distance.
+    scale = float(d.max()) or 1.0
+    bonus = np.zeros((P, J))
+    bonus[rows, cols] = _TIE_RTOL * scale / (m + 1)
+    target = np.full(P, -1, dtype=np.intp)
+    target[rows] = cols
+    agree = 0
+    for t in range(T):
+        r_t, c_t = linear_sum_assignment(d[t] - bonus)
+        agree += int(np.count_nonzero(target[r_t] == c_t))
+    return agree / (T * m)
+
+
+# ----------------------------------------------------------------------------- structure
+
+def _bool_adjacency(adj, name: str) -> np.ndarray:
+    a = np.asarray(adj)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name} must be square [N, N], got shape {a.shape}")
+    if a.dtype != np.bool_:
+        a = a >= 0.5
+    a = a | a.T
+    np.fill_diagonal(a, False)
+    return a
+
+
+def structure_metrics(pred_adj, gt_adj, pred, gt, matching=None) -> dict:
+    """Skeleton structure metrics of one video (skeleton paper, Table I).
+
+    pred_adj: ``[P, P]`` bool (non-bool is binarised ``>= 0.5``; symmetrised with OR);
+    gt_adj: ``[J, J]`` bool; pred ``[T, P, 2]`` / gt ``[T, J, 2]`` only give the video-level
+    matching M (or pass ``matching=(rows, cols)``).
+
+    Over every unordered pair {i1, i2} of predicted joints both matched in M (to j1, j2):
+    predicted = ``pred_adj[i1, i2]``, true = ``gt_adj[j1, j2]``. Returns ``acc``, ``bcc`` (mean of
+    TPR and TNR), ``precision``, ``recall`` (= TPR), ``f1`` (= 2TP / (2TP + FP + FN)), plus the
+    counts ``n_pairs``, ``tp``, ``fp``, ``tn``, ``fn``. A ratio with denominator 0 is NaN.
+    """
+    pa = _bool_adjacency(pred_adj, "pred_adj")
+    ga = _bool_adjacency(gt_adj, "gt_adj")
+    if matching is None:
+        matching = video_matching(pred, gt)
+    rows, cols = (np.asarray(x, dtype=np.intp) for x in matching)
+    if pa.shape[0] < (rows.max() + 1 if len(rows) else 0):
+        raise ValueError(f"pred_adj is {pa.shape} but the matching uses joint {rows.max()}")
+    if ga.shape[0] < (cols.max() + 1 if len(cols) else 0):
+        raise ValueError(f"gt_adj is {ga.shape} but the matching uses joint {cols.max()}")
+    iu, ju = np.triu_indices(len(rows), k=1)
+    predicted = pa[rows[iu], rows[ju]]
+    true = ga[cols[iu], cols[ju]]
+    tp = int(np.count_nonzero(predicted & true))
+    fp = int(np.count_nonzero(predicted & ~true))
+    fn = int(np.count_nonzero(~predicted & true))
+    tn = int(np.count_nonzero(~predicted & ~true))
+    n = tp + fp + fn + tn
+    tpr, tnr = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {"acc": _ratio(tp + tn, n), "bcc": (tpr + tnr) / 2, "precision": _ratio(tp, tp + fp),
+            "recall": tpr, "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "n_pairs": n, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+# ----------------------------------------------------------------------------- regression
+
+def regression_error(train_kp, train_gt, test_kp, test_gt, image_size: float) -> float:
+    """AutoLink's keypoint-regression error (section 4.1), as a fraction of the image size.
+
+    train_kp: ``[N, K, 2]`` (or ``[N, 2K]``) detected keypoints, train_gt: ``[N, J, 2]`` (or
+    ``[N, 2J]``) GT, test_kp ``[M, K, 2]``, test_gt ``[M, J, 2]``; all in pixels. Fits ``W``
+    (``[2K, 2J]``, no bias) minimising ``||X_train W - Y_train||^2`` and returns the mean over test
+    samples and joints of ``||X_test W - Y_test||_2 / image_size`` (multiply by 100 for the
+    papers' percentages).
+    """
+    def flat(a, name):
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim == 3 and a.shape[2] == 2:
+            a = a.reshape(a.shape[0], -1)
+        if a.ndim != 2 or a.shape[1] % 2:
+            raise ValueError(f"{name} must be [N, K, 2] or [N, 2K], got {a.shape}")
+        return a
+
+    xtr, ytr = flat(train_kp, "train_kp"), flat(train_gt, "train_gt")
+    xte, yte = flat(test_kp, "test_kp"), flat(test_gt, "test_gt")
+    if xtr.shape[0] != ytr.shape[0] or xte.shape[0] != yte.shape[0]:
+        raise ValueError("keypoints and GT must have the same number of samples")
+    if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
+        raise ValueError("train and test must have the same numbers of keypoints and joints")
+    if xtr.shape[0] == 0 or xte.shape[0] == 0:
+        raise ValueError("regression needs at least one train and one test sample")
+    w, *_ = np.linalg.lstsq(xtr, ytr, rcond=None)
+    err = (xte @ w - yte).reshape(xte.shape[0], -1, 2)
+    return float(np.linalg.norm(err, axis=2).mean() / image_size)
+
+
+# ----------------------------------------------------------------------------- model outputs
+
+def skeleton_joints(points, link_prob, thr: float = 0.5) -> np.ndarray:
+    """Indices of the skeleton model's joints: points with at least one link of probability >= thr.
+
+    points: ``[P, 2]`` (only its length is used, to check shapes); link_prob: ``[P, P]`` link
+    probabilities (either triangle may hold a pair: the matrix is read symmetrically; the diagonal
+    is ignored). Returns increasing int indices ``[P']``.
+    """
+    p = np.asarray(link_prob, dtype=np.float64)
+    n = np.asarray(points).shape[0]
+    if p.shape != (n, n):
+        raise ValueError(f"link_prob must be [{n}, {n}] for {n} points, got {p.shape}")
+    linked = (p >= thr) | (p.T >= thr)
+    np.fill_diagonal(linked, False)
+    return np.flatnonzero(linked.any(axis=1))
+
+
+def select_skeleton(points, link_prob, thr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Skeleton model's joints and adjacency for one video.
+
+    points: ``[T, P, 2]`` foreground point trajectories; link_prob: ``[P, P]`` from the one frame
+    chosen for the video. Returns ``(joints [T, P', 2], adj [P', P'] bool)`` with the points kept
+    by :func:`skeleton_joints` and ``adj = link_prob >= thr`` among them (symmetrised).
+    """
+    points = np.asarray(points)
+    idx = skeleton_joints(np.empty((points.shape[1], 2)), link_prob, thr)
+    adj = _bool_adjacency(np.asarray(link_prob, dtype=np.float64) >= thr, "link_prob")
+    return points[:, idx], adj[np.ix_(idx, idx)]
+
+
+def autolink_adjacency(edge_weights, method: str = "max", thr: float = 0.5) -> np.ndarray:
+    """AutoLink's shared graph -> bool adjacency ``[K, K]``.
+
+    edge_weights: ``[K, K]`` non-negative weights (after AutoLink's SoftPlus); the weight of the
+    unordered pair {i, j} is ``edge_weights[min(i, j), max(i, j)]`` (upper triangle). Normalised
+    to [0, 1] over the pairs, then ``>= thr``:
+      - ``"max"`` (default): ``w / max(w)``;
+      - ``"minmax"``: ``(w - min(w)) / (max(w) - min(w))``.
+    A graph whose normalisation is undefined (max 0, or all weights equal for minmax) has no
+    link. Returns a symmetric bool matrix with a False diagonal.
+    """
+    w = np.asarray(edge_weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[0] != w.shape[1]:
+        raise ValueError(f"edge_weights must be [K, K], got {w.shape}")
+    k = w.shape[0]
+    iu, ju = np.triu_indices(k, k=1)
+    pair = w[iu, ju]
+    adj = np.zeros((k, k), dtype=bool)
+    if pair.size == 0:
+        return adj
+    if method == "max":
+        top = pair.max()
+        norm = pair / top if top > 0 else np.zeros_like(pair)
+    elif method == "minmax":
+        lo, hi = pair.min(), pair.max()
+        norm = (pair - lo) / (hi - lo) if hi > lo else np.zeros_like(pair)
+    else:
+        raise ValueError(f"unknown method {method!r} (use 'max' or 'minmax')")
+    keep = norm >= thr
+    adj[iu[keep], ju[keep]] = True
+    return adj | adj.T
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+def aggregate(per_video: Sequence[Mapping] | Iterable[Mapping]) -> dict:
+    """Dataset-level figures: mean over videos of every numeric key, ignoring NaN.
+
+    per_video: dicts as returned by the metric functions (non-numeric values are skipped).
+    Returns ``{key: mean, ..., "n_videos": N, "nan_count": {key: number of NaN videos}}``; a key
+    that is NaN in every video has mean NaN.
+    """
+    per_video = list(per_video)
+    keys: list[str] = []
+    for rec in per_video:
+        for k, v in rec.items():
+            if k not in keys and _is_number(v):
+                keys.append(k)
+    out: dict = {}
+    nan_count: dict = {}
+    for k in keys:
+        vals = np.array([float(rec[k]) for rec in per_video if k in rec and _is_number(rec[k])])
+        finite = vals[~np.isnan(vals)]
+        out[k] = float(finite.mean()) if finite.size else math.nan
+        nan_count[k] = int(vals.size - finite.size)
+    out["n_videos"] = len(per_video)
+    out["nan_count"] = nan_count
+    return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)

@@ -1,0 +1,251 @@
+"""Evaluation core, report writers, figures and jobs/evaluate.py, on synthetic episodes."""
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kpray import metrics as M
+from kpray import plots, report
+from kpray.evaluation import EvaluationError, evaluate_videos, load_predictions
+
+REPO = Path(__file__).resolve().parents[1]
+T, H, W = 6, 32, 32
+
+
+def make_episode(index, dataset="spiders", split="test", J=4, seed=0):
+    rng = np.random.default_rng(seed + index)
+    frames = rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8)
+    joints = rng.uniform(2, 29, (T, J, 2)).astype(np.float32)
+    adj = np.zeros((J, J), bool)
+    for j in range(1, J):                      # a chain
+        adj[j - 1, j] = adj[j, j - 1] = True
+    return {"frames": frames, "masks": np.zeros((T, H, W), bool), "joints": joints,
+            "visible": np.ones((T, J), bool), "adjacency": adj,
+            "meta": {"dataset": dataset, "index": index, "split": split}}
+
+
+def perfect_prediction(ep, perm_seed=0):
+    J = ep["joints"].shape[1]
+    perm = np.random.default_rng(perm_seed).permutation(J)
+    return {"points": ep["joints"][:, perm].astype(np.float64),
+            "adj": ep["adjacency"][np.ix_(perm, perm)]}
+
+
+def png_size(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+# --------------------------------------------------------------------------- evaluate_videos
+
+def test_evaluate_videos_perfect_and_outputs(tmp_path):
+    eps_ = [make_episode(i) for i in range(3)] + [make_episode(10, dataset="cartpoles", J=3)]
+    eps_.append(make_episode(99, split="train"))                     # other split: skipped
+    preds = {ep["meta"]["index"]: perfect_prediction(ep) for ep in eps_[:4]}
+    # one imperfect spiders video: drop a joint (P = J - 1) and shift the others by 1 px
+    bad = preds[2]
+    preds[2] = {"points": bad["points"][:, :3] + [1.0, 0.0], "adj": bad["adj"][:3, :3]}
+    out = tmp_path / "eval"
+    summary = evaluate_videos(eps_, preds, out, n_figures=2, model_name="skel")
+
+    sp, cp = summary["datasets"]["spiders"], summary["datasets"]["cartpoles"]
+    assert sp["n_videos"] == 3 and cp["n_videos"] == 1
+    assert sp["eps"] == 0.20 and cp["eps"] == 0.15
+    assert cp["joints"]["dist"] == 0 and cp["joints"]["f1"] == 1
+    assert cp["joints"]["consistency"] == 1 and cp["structure"]["bcc"] == 1
+    # spiders: two perfect videos, one with 1 px shift = 2/31 normalised units and P = 3, J = 4
+    assert sp["joints"]["dist"] == pytest.approx((2 / 31) / 3)
+    assert sp["joints"]["diff"] == pytest.approx(1 / 3)
+    assert sp["joints"]["recall"] == pytest.approx((1 + 1 + 0.75) / 3)
+
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["model"] == "skel" and data["split"] == "test"
+    assert [v["index"] for v in data["videos"]] == [10, 0, 1, 2]
+    assert data["datasets"]["spiders"]["joints"]["nan_count"]["dist"] == 0
+
+    tables = report.parse_markdown_tables((out / "tables.md").read_text())
+    assert len(tables) == 2
+    t1 = {row["Dataset"]: row for row in tables[0]}
+    t2 = {row["Dataset"]: row for row in tables[1]}
+    assert list(t1) == ["Spiders", "Cartpoles"]                     # the paper's row order
+    assert t2["Cartpoles"]["skel: Dist ↓"] == "0.000"
+    assert t2["Cartpoles"]["skel: F1 ↑"] == "1.00"
+    assert t2["Cartpoles"]["Anciukevicius et al. (paper): Dist ↓"] == "0.086"
+    assert t2["Spiders"]["Kulkarni et al. [11] (paper): Diff ↓"] == "4.40"
+    assert t1["Cartpoles"]["Anciukevicius et al. (paper): Bcc ↑"] == "0.94"
+    assert t1["Spiders"]["Li et al. [28] (paper): Rec ↑"] == "0.66"
+    assert t1["Spiders"]["N"] == "3"
+
+    figs = sorted(p.name for p in (out / "figures").iterdir())
+    assert figs == ["cartpoles_00010_connectivity.png", "cartpoles_00010_skeleton.png",
+                    "spiders_00000_connectivity.png", "spiders_00000_skeleton.png",
+                    "spiders_00001_connectivity.png", "spiders_00001_skeleton.png"]
+    for f in figs:
+        w, h = png_size(out / "figures" / f)
+        assert w >= 300 and h >= 200 and (out / "figures" / f).stat().st_size > 5000
+
+
+def test_eps_override_and_unknown_dataset(tmp_path):
+    ep = make_episode(0, dataset="newbody")
+    pred = {0: perfect_prediction(ep)}
+    with pytest.raises(EvaluationError, match="epsilon"):
+        evaluate_videos([ep], pred, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    s = evaluate_videos([ep], pred, tmp_path / "b", eps=0.05, n_figures=0)
+    assert s["datasets"]["newbody"]["eps"] == 0.05
+    assert "newbody" in (tmp_path / "b" / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["missing", "extra", "frames", "adj", "nan", "empty", "dup"])
+def test_bad_input_writes_nothing(tmp_path, case):
+    eps_ = [make_episode(i) for i in range(2)]
+    preds = {i: perfect_prediction(ep) for i, ep in enumerate(eps_)}
+    if case == "missing":
+        del preds[1]
+    elif case == "extra":
+        preds[7] = preds[0]
+    elif case == "frames":
+        preds[0] = {"points": preds[0]["points"][:-1], "adj": preds[0]["adj"]}
+    elif case == "adj":
+        preds[0] = {"points": preds[0]["points"], "adj": np.zeros((2, 2), bool)}
+    elif case == "nan":
+        preds[0]["points"][0, 0, 0] = np.nan
+    elif case == "empty":
+        eps_ = []
+    elif case == "dup":
+        eps_.append(make_episode(1, dataset="swimmers"))
+    with pytest.raises(EvaluationError):
+        evaluate_videos(eps_, preds, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_prediction_is_scored_not_raised(tmp_path):
+    ep = make_episode(0)
+    s = evaluate_videos([ep], {0: {"points": np.zeros((T, 0, 2)), "adj": np.zeros((0, 0))}},
+                        tmp_path, n_figures=1)
+    j = s["datasets"]["spiders"]["joints"]
+    assert math.isnan(j["dist"]) and j["nan_count"]["dist"] == 1 and j["f1"] == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["videos"][0]["joints"]["dist"] \
+        is None
+
+
+# --------------------------------------------------------------------------- predictions file
+
+def test_load_predictions_round_trip(tmp_path):
+    ep = make_episode(3)
+    p = perfect_prediction(ep)
+    np.savez(tmp_path / "p.npz", points_3=p["points"], adj_3=p["adj"], model=np.array("m1"))
+    preds, model = load_predictions(tmp_path / "p.npz")
+    assert model == "m1" and list(preds) == [3]
+    assert np.array_equal(preds[3]["points"], p["points"])
+    np.savez(tmp_path / "q.npz", points_3=p["points"])
+    with pytest.raises(EvaluationError, match="adj_3"):
+        load_predictions(tmp_path / "q.npz")
+    np.savez(tmp_path / "r.npz", foo=p["points"])
+    with pytest.raises(EvaluationError, match="foo"):
+        load_predictions(tmp_path / "r.npz")
+    with pytest.raises(EvaluationError, match="not found"):
+        load_predictions(tmp_path / "none.npz")
+
+
+# --------------------------------------------------------------------------- job entry point
+
+def _job_main():
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import evaluate
+    finally:
+        sys.path.pop(0)
+    return evaluate
+
+
+def test_job_main_with_predictions(tmp_path, capsys):
+    import webdataset as wds
+
+    from kpray.data import encode_episode
+
+    eps_ = [make_episode(i, dataset="swimmers") for i in range(2)]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "test-000000.tar"), mtime=0.0) as sink:  # a real shard
+        for ep in eps_:
+            sink.write(encode_episode(ep, f"test-{ep['meta']['index']:06d}"))
+    np.savez(tmp_path / "p.npz", **{f"{k}_{i}": v for i, ep in enumerate(eps_)
+                                    for k, v in perfect_prediction(ep).items()})
+    job = _job_main()
+    rc = job.main(["--predictions", str(tmp_path / "p.npz"), "--data", str(shards),
+                   "--out", str(tmp_path / "o"), "--figures", "1"])
+    assert rc == 0
+    s = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert s["datasets"]["swimmers"]["joints"]["f1"] == 1 and s["model"] == "ours"
+    # bad input: one line, exit 2, nothing written
+    capsys.readouterr()
+    rc = job.main(["--predictions", str(tmp_path / "p.npz"), "--data", str(shards),
+                   "--dataset", "spiders", "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "no episodes" in err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_job_checkpoint_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--checkpoint",
+                        "x.ckpt", "--data", "shards", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "trained models" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_job_missing_predictions_file_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--predictions",
+                        str(tmp_path / "none.npz"), "--data", "shards", "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not found" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- writers
+
+def test_write_metrics_json_nan_and_numpy(tmp_path):
+    p = report.write_metrics_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": math.nan,
+                                                        "c": np.arange(3), "d": {"e": np.inf}})
+    assert json.loads(p.read_text()) == {"a": 0.5, "b": None, "c": [0, 1, 2], "d": {"e": None}}
+
+
+def test_markdown_report_layout():
+    res = {"swimmers": {"joints": {k: 0.5 for k in M.JOINT_KEYS} | {"n_videos": 60},
+                        "structure": {k: math.nan for k in M.STRUCTURE_KEYS}
+                        | {"n_videos": 60}}}
+    text = report.markdown_report(res, model_name="run1", eps={"swimmers": 0.2})
+    t1, t2 = report.parse_markdown_tables(text)
+    header1 = list(t1[0])
+    assert header1[:7] == ["Dataset", "N", "run1: Acc ↑", "run1: Bcc ↑", "run1: F1 ↑",
+                           "run1: Prec ↑", "run1: Rec ↑"]
+    assert len(header1) == 2 + 3 * 5 and len(t2[0]) == 2 + 3 * 6
+    assert t1[0]["run1: Acc ↑"] == "n/a"
+    assert t1[0]["Anciukevicius et al. (paper): Acc ↑"] == "0.89"
+    assert t2[0]["run1: Dist ↓"] == "0.500" and t2[0]["run1: Diff ↓"] == "0.50"
+    assert t2[0]["Kulkarni et al. [11] (paper): Constcy ↑"] == "0.72"
+
+
+def test_plots_standalone(tmp_path):
+    ep = make_episode(0, J=5)
+    pred = ep["joints"][:, [4, 0, 1]] + 0.5
+    adj = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)
+    matching = M.video_matching(pred, ep["joints"])
+    a = plots.plot_video_skeletons(tmp_path / "s.png", ep["frames"], pred, adj, ep["joints"],
+                                   ep["adjacency"], matching=matching, n_frames=4)
+    b = plots.plot_connectivity(tmp_path / "c.png", adj, ep["adjacency"], matching=matching)
+    wa, ha = png_size(a)
+    assert ha > wa  # 4 rows of 3 panels
+    assert png_size(b)[0] > 500
+    assert plots.connectivity_order(3, matching).tolist() == [1, 2, 0]
+    _, pc = plots.joint_colours(5, matching, 3)
+    gc, _ = plots.joint_colours(5)
+    assert np.allclose(pc[0], gc[4]) and np.allclose(pc[1], gc[0])
