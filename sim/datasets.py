@@ -1,0 +1,103 @@
+"""Dataset names -> the set of bodies an episode is drawn from.
+
+Accepted names (``DATASET_NAMES`` lists the base names; fixed-topology names take ``:K``):
+
+- ``spiders``       spiders with 3..8 legs (train and test)
+- ``spiders0shot``  train split 3, 6, 7, 8 legs; test split 4, 5 legs (unseen topologies)
+- ``cartpoles``     cartpoles with 1..5 poles
+- ``swimmers``      swimmers with 2..7 rods
+- ``mwhc``          walker, hopper, cheetah, manipulator, all in zero gravity
+- ``spider:K`` (K in 1..12), ``cartpole:K`` (1..8), ``swimmer:K`` (2..12), ``walker``, ``hopper``,
+  ``cheetah``, ``manipulator``: one fixed body (the latter four in zero gravity, as in ``mwhc``).
+
+``parse_dataset(name).sample_body(rng, split)`` draws a ``BodySpec`` uniformly from the split's bodies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DATASET_NAMES = ("spiders", "spiders0shot", "cartpoles", "swimmers", "mwhc",
+                 "spider", "cartpole", "swimmer", "walker", "hopper", "cheetah", "manipulator")
+SPLITS = ("train", "test")
+
+# Body kinds that take a count K, with the count's name in `meta` and its accepted range.
+_COUNTED = {"spider": ("n_legs", 1, 12), "cartpole": ("n_poles", 1, 8), "swimmer": ("n_links", 2, 12)}
+_FIXED = ("walker", "hopper", "cheetah", "manipulator")
+
+
+@dataclass(frozen=True)
+class BodySpec:
+    """One body: ``kind`` in spider/cartpole/swimmer/walker/hopper/cheetah/manipulator, ``n`` its
+    count (legs, poles, rods) or None for the fixed-topology bodies."""
+
+    kind: str
+    n: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.n is None else f"{self.kind}:{self.n}"
+
+    def count_meta(self) -> dict:
+        """``{"n_legs": K}`` / ``{"n_poles": K}`` / ``{"n_links": K}``, or ``{}``."""
+        return {_COUNTED[self.kind][0]: self.n} if self.kind in _COUNTED else {}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset: its canonical ``name`` and the bodies of each split."""
+
+    name: str
+    train: tuple[BodySpec, ...]
+    test: tuple[BodySpec, ...]
+
+    def bodies(self, split: str) -> tuple[BodySpec, ...]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
+        return self.train if split == "train" else self.test
+
+    def sample_body(self, rng: np.random.Generator, split: str) -> BodySpec:
+        """A body drawn uniformly from the split's bodies."""
+        bodies = self.bodies(split)
+        return bodies[int(rng.integers(len(bodies)))]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "train": [b.name for b in self.train],
+                "test": [b.name for b in self.test]}
+
+
+def _same(name: str, bodies) -> DatasetSpec:
+    bodies = tuple(bodies)
+    return DatasetSpec(name, bodies, bodies)
+
+
+def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
+    """``"spiders"`` / ``"cartpole:3"`` / ... -> ``DatasetSpec``; ``ValueError`` on unknown names."""
+    if isinstance(name, DatasetSpec):
+        return name
+    err = ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASET_NAMES)} "
+                     f"(spider/cartpole/swimmer take ':K', e.g. 'spider:5')")
+    if not isinstance(name, str):
+        raise err
+    key = name.strip().lower()
+    if key == "spiders":
+        return _same(key, (BodySpec("spider", k) for k in range(3, 9)))
+    if key == "spiders0shot":
+        return DatasetSpec(key, tuple(BodySpec("spider", k) for k in (3, 6, 7, 8)),
+                           tuple(BodySpec("spider", k) for k in (4, 5)))
+    if key == "cartpoles":
+        return _same(key, (BodySpec("cartpole", k) for k in range(1, 6)))
+    if key == "swimmers":
+        return _same(key, (BodySpec("swimmer", k) for k in range(2, 8)))
+    if key == "mwhc":
+        return _same(key, (BodySpec(k) for k in ("walker", "hopper", "cheetah", "manipulator")))
+    if key in _FIXED:
+        return _same(key, (BodySpec(key),))
+    kind, sep, count = key.partition(":")
+    if sep and kind in _COUNTED and count.isdigit():
+        k = int(count)
+        _, lo, hi = _COUNTED[kind]
+        if lo <= k <= hi:
+            return _same(f"{kind}:{k}", (BodySpec(kind, k),))
+    raise err
