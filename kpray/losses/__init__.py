@@ -1,0 +1,1 @@
+"""Loss functions of the two models (pure functions, plus AutoLink's frozen perceptual network)."""

@@ -1,0 +1,208 @@
+"""Losses of the skeleton model (Anciukevicius, Henderson, Bilen, ICPR 2022), as pure functions.
+
+Notation (paper section III, supplementary VI):
+
+- location maps ``pi``: ``[B, P, H, W]``, each a (relaxed) categorical distribution over pixels
+- points ``gamma``: ``[B, P, 2]``, normalised coordinates (``kpray.ops.coords``), the expectation
+  of the location maps (supplementary VI-c)
+- links ``S``: ``[B, P, P]``, symmetric link probabilities predicted from the *source* image, zero
+  diagonal; every sum "over ij" below runs over the pairs i < j, i.e. each link once
+
+Every loss returns a scalar, the mean over the batch of the per-sample quantity of the paper.
+What the paper leaves open is a keyword argument here and a field of ``SkeletonConfig``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kpray.ops.coords import pixel_grid
+from kpray.ops.edge_map import segment_distance2, upper_pairs
+
+
+# ---------------------------------------------------------------- reconstruction, eq. (1)
+
+def pyramid_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """pred, target: [B, C, H, W] -> sum over a `levels`-level pyramid (2x average pooling between
+    levels, 64 -> 32 -> 16 -> 8 -> 4 by default) of the mean squared error."""
+    total = pred.new_zeros(())
+    for level in range(levels):
+        if level:
+            pred, target = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
+        total = total + F.mse_loss(pred, target)
+    return total
+
+
+# ---------------------------------------------------------------- contiguity, eq. (2) and (6)
+
+def neighbour_matrix(location_maps: torch.Tensor, pool: int = 7) -> torch.Tensor:
+    """location_maps: [B, P, H, W] -> N [B, P, P], N_pq = max_w maxpool(pi_p)(w) * maxpool(pi_q)(w)
+    (supplementary eq. 6): large iff the dilated location maps of p and q overlap somewhere."""
+    b, p = location_maps.shape[:2]
+    dilated = F.max_pool2d(location_maps, pool, stride=1, padding=pool // 2).reshape(b, p, -1)
+    return (dilated.unsqueeze(2) * dilated.unsqueeze(1)).amax(dim=-1)
+
+
+def contiguity_loss(source_maps: torch.Tensor, target_maps: torch.Tensor, pool: int = 7) -> torch.Tensor:
+    """-sum_p max_{q != p} N^source_pq N^target_pq (eq. 2): each point keeps some neighbour."""
+    n = neighbour_matrix(source_maps, pool) * neighbour_matrix(target_maps, pool)   # [B, P, P]
+    eye = torch.eye(n.shape[-1], dtype=torch.bool, device=n.device)
+    n = n.masked_fill(eye, 0.0)                                  # q != p; all entries are >= 0
+    return -n.amax(dim=-1).sum(dim=-1).mean()
+
+
+# ---------------------------------------------------------------- near, eq. (3)
+
+def _straight_through_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """max over the last dim in the forward pass; gradient of x . softmax(x / T) (eq. 3's
+    "argmax . softmax" relaxation: the hard arg-max selects, the softmax spreads gradient)."""
+    soft = torch.softmax(x / temperature, dim=-1)
+    hard = F.one_hot(x.argmax(dim=-1), x.shape[-1]).to(x.dtype)
+    return (x * (hard - soft.detach() + soft)).sum(dim=-1)
+
+
+def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor,
+              scale: float = 0.1, temperature: float = 0.1) -> torch.Tensor:
+    """-sum_f sum_p max_ij S_ij exp(-d^f[p||i,j] / scale) (eq. 3).
+
+    links: [B, P, P]; *_points: [B, P, 2] normalised. d is the distance from point p to the
+    segment between points i and j in the same frame f; `scale` is its unit (normalised
+    coordinates; the paper writes exp(-d) with the unit unstated); `temperature` that of the
+    softmax in the relaxation of the max."""
+    i, j = upper_pairs(links.shape[-1], links.device)
+    s = links[:, i, j]                                                      # [B, E]
+    total = links.new_zeros(())
+    for pts in (source_points, target_points):
+        d2 = segment_distance2(pts[:, :, None], pts[:, None, i], pts[:, None, j])  # [B, P, E]
+        near = s[:, None] * torch.exp(-(d2 + 1e-12).sqrt() / scale)
+        total = total - _straight_through_max(near, temperature).sum(dim=-1).mean()
+    return total
+
+
+# ---------------------------------------------------------------- sparse, eq. (4)
+
+def sparse_losses(links: torch.Tensor, p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(links term, joints term) of eq. 4 for links [B, P, P] with exponent 0 < p <= 1:
+    (sum_ij S_ij^p)^(1/p) counts links, (sum_i max_j S_ij^p)^(1/p) counts joints."""
+    i, j = upper_pairs(links.shape[-1], links.device)
+    s = links[:, i, j].clamp_min(1e-12)                 # S^p has an infinite slope at 0 for p < 1
+    link_term = s.pow(p).sum(-1).pow(1 / p)
+    joint_term = links.amax(dim=-1).clamp_min(1e-12).pow(p).sum(-1).pow(1 / p)
+    return link_term.mean(), joint_term.mean()
+
+
+# ---------------------------------------------------------------- uniform, eq. (5) and (7)
+
+def foreground_evidence(location_maps: torch.Tensor, pool: int = 5) -> torch.Tensor:
+    """pi-bar = max_p maxpool(pi_p): [B, P, H, W] -> [B, H, W], is any point near each pixel."""
+    return F.max_pool2d(location_maps, pool, stride=1, padding=pool // 2).amax(dim=1)
+
+
+@torch.no_grad()
+def link_coverage(points: torch.Tensor, evidence: torch.Tensor, tau: float = 1.0,
+                  chunk: int = 64) -> torch.Tensor:
+    """delta_ij (supplementary eq. 7): the M_ij-weighted mean of the evidence map along the
+    segment between points i and j, M_ij(w) = exp(-d(w, segment_ij) / tau), tau in pixels.
+
+    points: [B, P, 2] normalised; evidence: [B, H, W] -> delta [B, E]. No gradient: eq. 5 only
+    uses delta inside an indicator. Runs over the edges in chunks ([B, chunk, H*W] at a time)."""
+    b, p, _ = points.shape
+    h, w = evidence.shape[-2:]
+    grid = pixel_grid(h, w, points.device, points.dtype)
+    px, py = grid[:, 0], grid[:, 1]                                            # [HW]
+    scale = -1.0 / (tau * 2.0 / max(h, w))                  # tau pixels in normalised units
+    ev = evidence.reshape(b, 1, h * w)
+    i, j = upper_pairs(p, points.device)
+    out = []
+    for s in range(0, i.numel(), chunk):
+        a = points[:, i[s:s + chunk]]                                          # [B, e, 2]
+        ba = points[:, j[s:s + chunk]] - a
+        inv_len2 = 1.0 / (ba * ba).sum(-1, keepdim=True).clamp_min(1e-12)
+        ax, ay, bx, by = a[..., 0:1], a[..., 1:2], ba[..., 0:1], ba[..., 1:2]
+        dx, dy = px - ax, py - ay                                              # [B, e, HW]
+        t = (dx * bx).addcmul_(dy, by).mul_(inv_len2).clamp_(0, 1)
+        dx.addcmul_(t, bx, value=-1)
+        dy.addcmul_(t, by, value=-1)
+        m = dx.square_().addcmul_(dy, dy).sqrt_().mul_(scale).exp_()         # M_ij [B, e, HW]
+        out.append((m * ev).sum(-1) / m.sum(-1))
+    return torch.cat(out, dim=1)
+
+
+def uniform_loss(links: torch.Tensor, coverages: list[torch.Tensor], alpha: float = 0.8) -> torch.Tensor:
+    """sum_f (sum_ij S_ij [delta^f_ij < alpha]) / (sum_ij [delta^f_ij < alpha]) (eq. 5).
+
+    links: [B, P, P]; coverages: delta^f [B, E] per frame f. Penalises the mean probability of
+    the links that have gaps (0 when no pair has a gap)."""
+    i, j = upper_pairs(links.shape[-1], links.device)
+    s = links[:, i, j]
+    total = links.new_zeros(())
+    for delta in coverages:
+        gap = (delta < alpha).to(s.dtype)
+        total = total + ((s * gap).sum(-1) / gap.sum(-1).clamp_min(1)).mean()
+    return total
+
+
+# ---------------------------------------------------------------- length, supplementary eq. (8)
+
+def length_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor,
+                l_min: float = 0.1, l_max: float = 1.0) -> torch.Tensor:
+    """sum_f sum_ij S_ij (max(0, l_min - l^f_ij) + max(0, l^f_ij - l_max)), lengths in
+    normalised units (2 = the image width)."""
+    i, j = upper_pairs(links.shape[-1], links.device)
+    s = links[:, i, j]
+    total = links.new_zeros(())
+    for pts in (source_points, target_points):
+        length = ((pts[:, i] - pts[:, j]).pow(2).sum(-1) + 1e-12).sqrt()           # [B, E]
+        total = total + (s * (F.relu(l_min - length) + F.relu(length - l_max))).sum(-1).mean()
+    return total
+
+
+# ---------------------------------------------------------------- weights, supplementary VIII-b
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weight of each loss term in the total (supplementary VIII-b table)."""
+    recon: float = 10.0
+    contiguity: float = 0.001
+    near: float = 10.0
+    sparse_joints: float = 0.1
+    sparse_links: float = 500.0
+    uniform: float = 10.0
+    length: float = 100.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+# Found by the authors' random search, one row per dataset.
+PRESETS: dict[str, LossWeights] = {
+    "spiders":      LossWeights(10, 0.000, 10, 0.005, 1, 1, 1000),
+    "spiders0shot": LossWeights(10, 0.000, 10, 0.1, 2000, 20, 100),
+    "mwhc":         LossWeights(10, 0.001, 10, 0.01, 1000, 20, 1000),
+    "cartpoles":    LossWeights(10, 0.001, 10, 0.1, 500, 10, 100),
+    "swimmers":     LossWeights(10, 0.001, 10, 0.1, 7000, 20, 1000),
+    "human36m":     LossWeights(10, 0.001, 10, 0.0002, 7000, 16, 1000),
+}
+
+# The paper ramps these linearly from 0 over the first 10k iterations.
+RAMPED_TERMS = ("sparse_joints", "sparse_links", "uniform")
+
+
+def ramp_factor(step: int, ramp_steps: int = 10_000) -> float:
+    """min(1, step / ramp_steps); 1 when ramp_steps <= 0."""
+    return 1.0 if ramp_steps <= 0 else min(1.0, max(0, step) / ramp_steps)
+
+
+def effective_weights(weights: LossWeights, step: int, ramp_steps: int = 10_000) -> dict[str, float]:
+    """The weights in use at `step`: the ramped terms scaled by ramp_factor."""
+    r = ramp_factor(step, ramp_steps)
+    return {k: v * r if k in RAMPED_TERMS else v for k, v in weights.as_dict().items()}
+
+
+def total_loss(terms: dict[str, torch.Tensor], weights: LossWeights, step: int,
+               ramp_steps: int = 10_000) -> torch.Tensor:
+    """sum_k weight_k(step) * terms[k] over the LossWeights fields."""
+    w = effective_weights(weights, step, ramp_steps)
+    return sum(w[k] * terms[k] for k in w)

@@ -1,0 +1,1 @@
+"""The two models: AutoLink (``kpray.models.autolink``) and the skeleton model (``kpray.models.skeleton``)."""

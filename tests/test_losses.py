@@ -1,0 +1,127 @@
+"""Each loss on a hand case whose value is known."""
+import math
+import os
+
+import pytest
+import torch
+
+from kpray.losses import skeleton as L
+from kpray.losses.autolink import BACKBONE_FILES, PerceptualLoss
+from kpray.ops.coords import to_normalised
+
+
+def one_hot_maps(pixels, size=16):
+    """pixels: [(x, y), ...] -> location maps [1, P, size, size], one-hot."""
+    maps = torch.zeros(1, len(pixels), size, size)
+    for p, (x, y) in enumerate(pixels):
+        maps[0, p, y, x] = 1.0
+    return maps
+
+
+def links_matrix(p, pairs):
+    s = torch.zeros(1, p, p)
+    for (i, j), v in pairs.items():
+        s[0, i, j] = s[0, j, i] = v
+    return s
+
+
+def test_pyramid_mse_constant_offset():
+    target = torch.rand(2, 3, 64, 64)
+    assert torch.isclose(L.pyramid_mse(target + 0.1, target, levels=5), torch.tensor(5 * 0.01))
+    assert L.pyramid_mse(target, target) == 0
+
+
+def test_neighbours_and_contiguity():
+    # dilation by max-pool 7 reaches 3 pixels: points overlap iff their Chebyshev distance <= 6
+    src = one_hot_maps([(5, 5), (5, 11), (14, 14)])
+    n = L.neighbour_matrix(src, pool=7)[0]
+    assert n[0, 1] == 1 and n[1, 0] == 1 and n[0, 2] == 0 and n[1, 2] == 0
+    assert L.contiguity_loss(src, src) == -2.0                 # points 0 and 1 keep each other
+    tgt = one_hot_maps([(5, 5), (0, 15), (14, 14)])            # point 1 leaves point 0
+    assert L.contiguity_loss(src, tgt) == 0.0
+
+
+def test_near_loss_hand_case():
+    pts = torch.tensor([[[-0.5, 0.0], [0.5, 0.0], [0.0, 0.3]]])
+    s = links_matrix(3, {(0, 1): 1.0})
+    # points 0, 1 lie on link (0,1): 1 each; point 2 is 0.3 away: exp(-0.3 / 0.1); two frames
+    expected = -2 * (2 + math.exp(-3))
+    assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1), torch.tensor(expected), atol=1e-5)
+    # the relaxation passes gradient to links that are not the max
+    s2 = links_matrix(3, {(0, 1): 0.9, (0, 2): 0.5}).requires_grad_()
+    L.near_loss(s2, pts, pts, scale=0.1).backward()
+    assert s2.grad[0, 0, 2] != 0
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0])
+def test_sparse_losses_hand_case(p):
+    s = links_matrix(4, {(0, 1): 1.0})
+    links, joints = L.sparse_losses(s, p=p)
+    assert torch.isclose(links, torch.tensor(1.0), atol=1e-4)   # one link
+    assert torch.isclose(joints, torch.tensor(2.0 ** (1 / p)), atol=1e-4)  # two joints: (1+1)^(1/p)
+
+
+def test_uniform_loss_hand_case():
+    size = 32
+    # foreground points every 2 pixels along row 8, dilated as the loss does (max-pool 5)
+    ev = L.foreground_evidence(one_hot_maps([(x, 8) for x in range(4, 28, 2)], size), pool=5)
+    pix = torch.tensor([[[4.0, 8.0], [27.0, 8.0], [27.0, 28.0]]])
+    pts = to_normalised(pix, size)
+    delta = L.link_coverage(pts, ev, tau=1.0)[0]               # pairs (0,1), (0,2), (1,2)
+    assert delta[0] > 0.8 and delta[1] < 0.3 and delta[2] < 0.3
+    s = links_matrix(3, {(0, 1): 0.9, (0, 2): 0.2, (1, 2): 0.6})
+    # per frame: mean of S over the pairs with gaps = (0.2 + 0.6) / 2; two frames
+    assert torch.isclose(L.uniform_loss(s, [delta[None], delta[None]]), torch.tensor(0.8))
+    full = torch.ones(1, 3)
+    assert L.uniform_loss(s, [full, full]) == 0
+
+
+def test_foreground_evidence_dilates_by_two_pixels():
+    ev = L.foreground_evidence(one_hot_maps([(8, 8)]), pool=5)[0]
+    assert ev[6:11, 6:11].min() == 1 and ev.sum() == 25
+
+
+def test_length_loss_hand_case():
+    pts_s = torch.tensor([[[0.0, 0.0], [0.05, 0.0]]])           # too short by 0.05
+    pts_t = torch.tensor([[[-0.8, 0.0], [0.8, 0.0]]])           # too long by 0.6
+    s = links_matrix(2, {(0, 1): 0.5})
+    value = L.length_loss(s, pts_s, pts_t, l_min=0.1, l_max=1.0)
+    assert torch.isclose(value, torch.tensor(0.5 * (0.05 + 0.6)), atol=1e-5)
+
+
+def test_presets_and_ramp():
+    assert set(L.PRESETS) == {"spiders", "spiders0shot", "mwhc", "cartpoles", "swimmers", "human36m"}
+    assert L.PRESETS["swimmers"].sparse_links == 7000 and L.PRESETS["human36m"].sparse_joints == 0.0002
+    assert L.ramp_factor(0) == 0 and L.ramp_factor(5000) == 0.5 and L.ramp_factor(20000) == 1
+    w = L.effective_weights(L.PRESETS["cartpoles"], step=2500)
+    assert w["uniform"] == 2.5 and w["sparse_links"] == 125 and w["near"] == 10 and w["length"] == 100
+    terms = {k: torch.tensor(1.0) for k in w}
+    assert torch.isclose(L.total_loss(terms, L.PRESETS["cartpoles"], step=10_000),
+                         torch.tensor(sum(L.PRESETS["cartpoles"].as_dict().values())))
+
+
+# ---------------------------------------------------------------- AutoLink perceptual loss
+
+@pytest.fixture(scope="module")
+def random_lpips():
+    return PerceptualLoss("vgg", pretrained=False)
+
+
+def test_perceptual_loss_random_backbone(random_lpips):
+    x = torch.rand(2, 3, 32, 32)
+    assert random_lpips(x, x).abs() < 1e-6
+    y = x.clone().requires_grad_()
+    d = random_lpips(y, torch.rand(2, 3, 32, 32))
+    d.backward()
+    assert d > 0 and y.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in random_lpips.parameters())
+
+
+@pytest.mark.parametrize("net", ["vgg", "alex"])
+def test_pretrained_without_weights_names_the_file(net, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        PerceptualLoss(net, pretrained=True)
+    msg = str(err.value)
+    assert BACKBONE_FILES[net] in msg and "TORCH_HOME" in msg
+    assert os.path.join(str(tmp_path), "hub", "checkpoints") in msg

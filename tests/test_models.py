@@ -1,0 +1,182 @@
+"""Formulas and tiny-size forward/backward/optimisation checks of both models."""
+import pytest
+import torch
+
+from kpray.losses.autolink import PerceptualLoss
+from kpray.models.autolink import AutoLink, AutoLinkConfig, random_grid_mask
+from kpray.models.skeleton import (SkeletonConfig, SkeletonModel, SkeletonPrediction,
+                                   gumbel_location_maps, neural_point_transport, point_colours)
+from kpray.ops.coords import pixel_grid, soft_argmax, to_normalised
+
+
+# ---------------------------------------------------------------- formulas
+
+def test_soft_argmax_known_heatmap():
+    h = torch.full((1, 2, 8, 8), -1e4)
+    h[0, 0, 2, 5] = 0.0                                     # one peak at x = 5, y = 2
+    h[0, 1, 1, 1] = h[0, 1, 5, 3] = 0.0                     # two equal peaks: their midpoint
+    kp = soft_argmax(h)
+    assert torch.allclose(kp[0, 0], to_normalised(torch.tensor([5.0, 2.0]), 8), atol=1e-6)
+    assert torch.allclose(kp[0, 1], to_normalised(torch.tensor([2.0, 3.0]), 8), atol=1e-6)
+    assert torch.allclose(soft_argmax(torch.zeros(1, 1, 8, 8)), torch.zeros(1, 1, 2), atol=1e-6)
+
+
+def test_masking_ratio_is_exact_per_sample():
+    gen = torch.Generator().manual_seed(0)
+    keep = random_grid_mask(8, 128, grid=16, ratio=0.8, generator=gen)
+    assert keep.shape == (8, 1, 128, 128)
+    cells = keep.view(8, 16, 8, 16, 8)
+    assert (cells.amax(dim=(2, 4)) == cells.amin(dim=(2, 4))).all()        # constant per cell
+    masked = (cells[:, :, 0, :, 0] == 0).sum(dim=(1, 2))
+    assert (masked == round(0.8 * 256)).all()                                # 205 of 256 cells
+    assert not torch.equal(keep[0], keep[1])                                 # random per sample
+
+
+def test_gumbel_location_maps():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    soft = gumbel_location_maps(logits, tau=1.0)
+    assert torch.allclose(soft.sum(dim=(-1, -2)), torch.ones(2, 3))
+    assert (soft > 0).all() and soft.amax() < 1
+    hard = gumbel_location_maps(logits, tau=1.0, hard=True)
+    assert torch.allclose(hard.sum(dim=(-1, -2)), torch.ones(2, 3))
+    assert ((hard == 0) | (hard == 1)).all() and (hard == 1).sum() == 6
+    (hard * torch.randn(2, 3, 8, 8)).sum().backward()
+    assert logits.grad.abs().sum() > 0                                        # straight-through
+    # a low temperature concentrates a sample on one pixel; no noise gives the tempered softmax
+    assert gumbel_location_maps(logits.detach(), tau=0.01).amax(dim=(-1, -2)).min() > 0.9
+    plain = gumbel_location_maps(logits.detach(), tau=2.0, noise=False)
+    assert torch.allclose(plain.flatten(2), (logits.detach().flatten(2) / 2).softmax(-1))
+
+
+def _one_hot(b, p, size, pixels):
+    maps = torch.zeros(b, p, size, size)
+    for k, (x, y) in enumerate(pixels):
+        maps[:, k, y, x] = 1.0
+    return maps
+
+
+def test_npt_moves_a_coloured_point():
+    size = 64
+    source = torch.zeros(1, 3, size, size)
+    source[0, :, 9:12, 9:12] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]   # red patch at (10, 10)
+    src_maps = _one_hot(1, 1, size, [(10, 10)])
+    tgt_maps = _one_hot(1, 1, size, [(40, 30)])
+    background = torch.full((1, 3, size, size), 0.5)
+    assert torch.allclose(point_colours(source, src_maps)[0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    recon = neural_point_transport(source, src_maps, tgt_maps, background)
+    assert torch.allclose(recon[0, :, 30, 40], torch.tensor([1.0, 0.0, 0.0]), atol=1e-3)  # moved
+    assert torch.allclose(recon[0, :, 10, 10], torch.full((3,), 0.5))       # gone from the source
+    assert torch.allclose(recon[0, :, 5, 50], torch.full((3,), 0.5))        # background elsewhere
+    # the red spreads to the 3x3 neighbourhood of the target, fading
+    assert recon[0, 0, 30, 41] > 0.5 and recon[0, 1, 30, 41] < 0.5
+
+
+# ---------------------------------------------------------------- AutoLink
+
+@pytest.fixture(scope="module")
+def alex_random():
+    return PerceptualLoss("alex", pretrained=False)
+
+
+def tiny_autolink(perceptual, **kw):
+    cfg = AutoLinkConfig(image_size=32, num_keypoints=4, detector_width=8, decoder_width=8,
+                         decoder_depth=2, mask_grid=4, perceptual_net="alex", pretrained=False, **kw)
+    return AutoLink(cfg, perceptual=perceptual)
+
+
+def test_autolink_shapes_and_gradients(alex_random):
+    torch.manual_seed(0)
+    model = tiny_autolink(alex_random)
+    w = model.edge_weights()
+    assert torch.allclose(w, (1 - torch.eye(4)), atol=1e-5)               # init 1 off-diagonal
+    images = torch.rand(2, 3, 32, 32)
+    out = model.reconstruct(images)
+    assert out["keypoints"].shape == (2, 4, 2) and out["heatmaps"].shape == (2, 4, 8, 8)
+    assert out["edge_map"].shape == (2, 1, 32, 32) and out["reconstruction"].shape == (2, 3, 32, 32)
+    loss, terms = model.training_step(images)
+    loss.backward()
+    assert set(terms) >= {"perceptual", "alpha"} and terms["alpha"] == 1
+    for name in ("edge_weight_raw", "alpha", "detector.head.2.weight", "decoder.out.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    assert not any(k.startswith("perceptual") for k in model.state_dict())
+    pred = model.predict(images)
+    assert pred["keypoints"].shape == (2, 4, 2) and pred["edge_weights"].shape == (4, 4)
+
+
+def test_autolink_optimisation_lowers_loss(alex_random):
+    torch.manual_seed(0)
+    model = tiny_autolink(alex_random, lr=2e-3)
+    opt = model.configure_optimizer()
+    images = torch.rand(4, 3, 32, 32)
+    losses = []
+    for step in range(12):
+        torch.manual_seed(1)                                  # same masks: a fixed objective
+        loss, _ = model(images, step=step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+# ---------------------------------------------------------------- skeleton model
+
+def tiny_skeleton(**kw):
+    return SkeletonModel(SkeletonConfig.from_preset(
+        "cartpoles", num_points=6, pi_width=4, psi_width=4, background_width=4,
+        background_latent=8, **kw))
+
+
+def test_skeleton_shapes_and_gradients():
+    torch.manual_seed(0)
+    model = tiny_skeleton()
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    out = model.run(src, tgt, step=0)
+    assert out["source_maps"].shape == (2, 6, 64, 64) and out["reconstruction"].shape == (2, 3, 64, 64)
+    links = out["links"]
+    assert links.shape == (2, 6, 6) and torch.equal(links, links.transpose(1, 2))
+    assert (links.diagonal(dim1=1, dim2=2) == 0).all() and ((links >= 0) & (links <= 1)).all()
+    loss, terms = model.training_step((src, tgt), step=5000)
+    assert set(terms) >= {"recon", "contiguity", "near", "sparse_joints", "sparse_links",
+                          "uniform", "length", "gumbel_tau"}
+    loss.backward()
+    norm = model.clip_gradients()
+    assert torch.isfinite(norm)
+    for part in (model.pi, model.psi, model.background):
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
+        assert grads and max(g.abs().max() for g in grads) <= 1.0              # clipped by value
+    model.eval()
+    pred = model.predict(src[0])
+    assert isinstance(pred, SkeletonPrediction)
+    assert pred.points.shape == (1, 6, 2) and pred.links.shape == (1, 6, 6)
+    assert torch.equal(pred.joint_mask[0], (pred.links[0] >= 0.5).any(-1))
+    grid = pixel_grid(64, 64)
+    assert all((grid == pt).all(-1).any() for pt in pred.points[0])           # on pixel centres
+    assert pred.joints(0).shape == (int(pred.joint_mask[0].sum()), 2)
+
+
+def test_skeleton_ramp_and_temperature():
+    model = tiny_skeleton()
+    assert model.gumbel_temperature(0) == 1.0
+    assert model.gumbel_temperature(10_000) == pytest.approx(0.5)
+    assert SkeletonConfig.from_preset("swimmers").loss_weights().sparse_links == 7000
+    with pytest.raises(ValueError):
+        SkeletonConfig.from_preset("nope")
+
+
+def test_skeleton_optimisation_lowers_loss():
+    torch.manual_seed(0)
+    model = tiny_skeleton(lr=5e-3)
+    opt = model.configure_optimizer()
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    losses = []
+    for step in range(10):
+        torch.manual_seed(1)                                  # same Gumbel noise every step
+        loss, _ = model((src, tgt), step=10_000)              # full weights
+        opt.zero_grad()
+        loss.backward()
+        model.clip_gradients()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
