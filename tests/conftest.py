@@ -6,6 +6,15 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
+# One pytest process imports both the renderer (dm_control -> Mesa EGL, which carries its own
+# LLVM) and torch. If Mesa is loaded first, torch's lazy `import triton` (its optimisers pull it
+# in) segfaults; loaded in the other order both work. Production never mixes them in a process
+# (render actors import no torch, training imports no sim), so this is a test-process concern.
+try:
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -99,7 +99,9 @@ def test_killed_actor_has_its_shard_redone(reference, tmp_path, ray_session):
     th.start()
     pid, deadline = None, time.time() + 120
     while pid is None and time.time() < deadline:
-        alive = [a for a in list_actors(filters=[("class_name", "=", "ShardRenderer"),
+        # this session's cluster by address: other Ray instances may run on the machine
+        alive = [a for a in list_actors(address=ray_session.get_runtime_context().gcs_address,
+                                        filters=[("class_name", "=", "ShardRenderer"),
                                                  ("state", "=", "ALIVE")]) if a.pid]
         if alive:
             pid = alive[0].pid
