@@ -4,7 +4,8 @@
                             [--eps E] [--out DIR] [--model-name NAME] [--figures N]
 
 The predictions file format is documented in ``kpray/evaluation.py`` and ``docs/metrics.md``.
-``--checkpoint PATH`` is reserved for evaluating trained models directly (not wired yet: exits 2).
+``--checkpoint PATH`` (a run folder STORAGE/NAME or one of its checkpoint_* folders) runs the
+trained model over the test episodes first, then evaluates its predictions the same way.
 Bad input: one line on stderr, exit code 2, nothing written.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", help="predictions .npz (points_<index>, adj_<index>)")
-    src.add_argument("--checkpoint", help="model checkpoint (not available yet)")
+    src.add_argument("--checkpoint", help="trained model: a run folder (STORAGE/NAME, newest "
+                                          "checkpoint) or one of its checkpoint_* folders")
     ap.add_argument("--data", required=True, help="shard folder, shard file or URL")
     ap.add_argument("--split", default="test")
     ap.add_argument("--dataset", default=None, help="evaluate only this dataset (meta['dataset'])")
@@ -36,18 +38,20 @@ def fail(msg: str) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.checkpoint is not None:
-        # TODO(issue 4, training): load the checkpoint, run the model over the test episodes,
-        # build the same {index: {"points", "adj"}} mapping and call evaluate_videos.
-        return fail("checkpoint evaluation needs the trained models (not wired yet); "
-                    "use --predictions")
-    from kpray.evaluation import EvaluationError, evaluate_videos, load_predictions
+    from kpray.evaluation import (EvaluationError, evaluate_videos, load_predictions,
+                                  predict_from_checkpoint)
 
     try:
         from kpray.data import iter_episodes
 
-        preds, model = load_predictions(args.predictions)
-        summary = evaluate_videos(iter_episodes(args.data, split=args.split), preds, args.out,
+        if args.checkpoint is not None:
+            episodes = [ep for ep in iter_episodes(args.data, split=args.split)
+                        if args.dataset is None or ep["meta"].get("dataset") == args.dataset]
+            preds, model = predict_from_checkpoint(args.checkpoint, episodes)
+        else:
+            episodes = iter_episodes(args.data, split=args.split)
+            preds, model = load_predictions(args.predictions)
+        summary = evaluate_videos(episodes, preds, args.out,
                                   eps=args.eps, dataset=args.dataset, split=args.split,
                                   model_name=args.model_name or model or "ours",
                                   n_figures=args.figures)

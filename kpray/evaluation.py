@@ -89,10 +89,11 @@ def epsilon_for(dataset: str, eps: float | None) -> float:
         if not eps > 0:
             raise EvaluationError(f"--eps must be positive, got {eps}")
         return float(eps)
-    if dataset not in M.PAPER_EPSILON:
+    eps = M.paper_epsilon(dataset)
+    if eps is None:
         raise EvaluationError(f"no default epsilon for dataset {dataset!r} (known: "
-                              f"{', '.join(M.PAPER_EPSILON)}); pass --eps")
-    return M.PAPER_EPSILON[dataset]
+                              f"{', '.join(M.PAPER_EPSILON)} and their single bodies); pass --eps")
+    return eps
 
 
 def evaluate_video(episode: Mapping, points, adj, eps: float) -> dict:
@@ -194,3 +195,52 @@ def summarise(videos: list[dict], model_name: str, split: str) -> dict:
     return {"model": model_name, "split": split, "definitions": "docs/metrics.md",
             "datasets": datasets, "videos": sorted(videos, key=lambda v: (v["dataset"],
                                                                          v["index"]))}
+
+
+def predict_from_checkpoint(path: str, episodes: Iterable[Mapping], seed: int = 0,
+                            device: str = "cpu") -> tuple[dict[int, dict], str]:
+    """Run a trained model over ``episodes``: ``({index: {"points", "adj"}}, model name)``.
+
+    ``path``: a checkpoint folder (``checkpoint_*/`` holding ``state.pt``) or a run folder
+    (``STORAGE/NAME``; its newest checkpoint is used). Skeleton model: its joints are the points
+    with a link >= 0.5, and its adjacency is predicted from one randomly chosen frame per video
+    (seeded by ``seed`` and the episode index), as the paper does. AutoLink: its K keypoints, and
+    its shared graph thresholded as ``kpray.metrics.autolink_adjacency`` documents.
+    """
+    import os
+
+    import torch
+
+    from kpray.metrics import select_skeleton
+    from kpray.train.config import TrainConfig
+    from kpray.train.loop import load_state
+    from kpray.train.models import get_adapter
+    from kpray.train.trainer import latest_state
+
+    if os.path.exists(os.path.join(path, "state.pt")):
+        state = load_state(path)
+    elif os.path.isdir(path):
+        state = latest_state(path)
+    else:
+        state = None
+    if state is None:
+        raise EvaluationError(f"no checkpoint at {path}: give a checkpoint_*/ folder or a run folder")
+    cfg = TrainConfig.from_dict(state["config"])
+    if cfg.model == "autolink":  # the perceptual loss is not needed to predict
+        cfg = cfg.replace(model_config={**cfg.model_config, "pretrained": False})
+    adapter = get_adapter(cfg.model)
+    model = adapter.build(cfg).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    preds = {}
+    with torch.no_grad():
+        for ep in episodes:
+            idx = int(ep["meta"]["index"])
+            if cfg.model == "skeleton":
+                p = adapter.predict(model, ep["frames"])
+                t = int(np.random.default_rng([seed, idx]).integers(len(ep["frames"])))
+                points, adj = select_skeleton(p["points"], p["links"][t])
+            else:
+                points, adj = adapter.keypoints(model, ep["frames"]), adapter._adjacency(model)
+            preds[idx] = {"points": np.asarray(points, np.float64), "adj": np.asarray(adj, bool)}
+    return preds, f"{cfg.model} step {state['step']}"

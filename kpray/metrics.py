@@ -54,6 +54,17 @@ from scipy.optimize import linear_sum_assignment
 # Supplementary VIII of the skeleton paper (Human3.6M, 0.30, is not one of our datasets).
 PAPER_EPSILON = {"spiders": 0.20, "cartpoles": 0.15, "swimmers": 0.20, "mwhc": 0.30,
                  "spiders0shot": 0.20}
+# Single-body datasets (``cartpole:3``, ``walker``, ...) take the threshold of their family.
+_FAMILY = {"spider": "spiders", "cartpole": "cartpoles", "swimmer": "swimmers", "walker": "mwhc",
+           "hopper": "mwhc", "cheetah": "mwhc", "manipulator": "mwhc"}
+
+
+def paper_epsilon(dataset: str | None) -> float | None:
+    """The paper's threshold for ``dataset`` or for its body family (ours); None if neither."""
+    if dataset in PAPER_EPSILON:
+        return PAPER_EPSILON[dataset]
+    family = _FAMILY.get(str(dataset).split(":")[0])
+    return PAPER_EPSILON[family] if family else None
 
 # Row order and labels of the paper's tables.
 PAPER_DATASETS = ("spiders", "cartpoles", "mwhc", "swimmers", "human36m", "spiders0shot")

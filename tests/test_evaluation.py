@@ -193,15 +193,6 @@ def test_job_main_with_predictions(tmp_path, capsys):
     assert not (tmp_path / "o2").exists()
 
 
-def test_job_checkpoint_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--checkpoint",
-                        "x.ckpt", "--data", "shards", "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.count("\n") == 1 and "trained models" in r.stderr
-    assert not (tmp_path / "o").exists()
-
-
 def test_job_missing_predictions_file_exits_2(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--predictions",
                         str(tmp_path / "none.npz"), "--data", "shards", "--out",
@@ -249,3 +240,42 @@ def test_plots_standalone(tmp_path):
     _, pc = plots.joint_colours(5, matching, 3)
     gc, _ = plots.joint_colours(5)
     assert np.allclose(pc[0], gc[4]) and np.allclose(pc[1], gc[0])
+
+
+def test_job_evaluates_a_checkpoint(tmp_path):
+    """A real model saved in the training checkpoint format, run over real rendered episodes."""
+    import torch
+    import webdataset as wds
+
+    from kpray.data import encode_episode
+    from kpray.train.config import TrainConfig, resolve
+    from kpray.train.loop import save_state
+    from kpray.train.models import get_adapter
+    from sim import render_episode
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "test-000000.tar"), mtime=0.0) as sink:
+        for i in range(2):
+            ep = render_episode("cartpole:2", "test", seed=0, index=i, frames=6, size=64)
+            sink.write(encode_episode(ep, f"test-{i:06d}"))
+    cfg = resolve(TrainConfig(model="skeleton", data=str(shards), preset="cartpoles", steps=1,
+                              model_config={"pi_width": 8, "psi_width": 8, "background_width": 8,
+                                            "num_points": 6}))
+    model = get_adapter("skeleton").build(cfg)
+    ckpt = tmp_path / "run" / "checkpoint_000001"
+    ckpt.mkdir(parents=True)
+    save_state(str(ckpt), model, torch.optim.Adam(model.parameters()), 1, [], cfg)
+
+    job = _job_main()
+    for path in (ckpt, tmp_path / "run"):  # a checkpoint folder, or the run folder (newest)
+        out = tmp_path / f"out-{path.name}"
+        assert job.main(["--checkpoint", str(path), "--data", str(shards), "--out", str(out),
+                         "--figures", "1"]) == 0
+        s = json.loads((out / "metrics.json").read_text())
+        assert s["model"] == "skeleton step 1"
+        assert s["datasets"]["cartpole:2"]["joints"]["n_videos"] == 2
+    r = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--checkpoint",
+                        str(tmp_path / "nothing"), "--data", str(shards), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no checkpoint" in r.stderr and not (tmp_path / "o").exists()

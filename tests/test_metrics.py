@@ -320,3 +320,12 @@ def test_paper_constants():
     assert M.PAPER_TABLE_II["baseline_rows"]["spiders0shot"]["diff"] == 2.5
     for table in (M.PAPER_TABLE_I, M.PAPER_TABLE_II):
         assert set(table["ours"]) == set(table["baseline_rows"]) == set(M.PAPER_DATASETS)
+
+
+def test_paper_epsilon_covers_single_bodies():
+    from kpray.metrics import paper_epsilon
+
+    assert paper_epsilon("cartpoles") == 0.15 and paper_epsilon("cartpole:3") == 0.15
+    assert paper_epsilon("walker") == 0.30 and paper_epsilon("spider:5") == 0.20
+    assert paper_epsilon("swimmer:2") == 0.20 and paper_epsilon("human36m") is None
+    assert paper_epsilon(None) is None
