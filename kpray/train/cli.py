@@ -1,0 +1,157 @@
+"""Command line of ``jobs/train_skeleton.py`` and ``jobs/train_autolink.py`` (argparse -> kpray).
+
+Bad input gets one line on stderr and exit status 2, before Ray starts or anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from kpray.train.config import ConfigError, TrainConfig, load_config_file, merge, resolve
+
+EPILOG = """\
+Precedence: defaults < --preset (the paper's per-dataset settings) < --config FILE < flags.
+Rerunning the same command with the same --name and --storage resumes from the latest
+checkpoint ("resuming from step N"); a worker that dies is restarted from it (--max-failures).
+Outputs in STORAGE/NAME: checkpoint_<step>/ (state.pt: model, optimiser, step, RNG, config),
+logs/tensorboard/ (tensorboard --logdir STORAGE/NAME/logs), logs/previews/step_<N>.png.
+On a cluster: ray job submit --working-dir . -- python jobs/{script} ... --storage /shared/runs
+"""
+
+
+def build_parser(model: str) -> argparse.ArgumentParser:
+    script = f"train_{model}.py"
+    desc = {"skeleton": "Train the skeleton model (Anciukevicius et al., ICPR 2022) with DDP on "
+                        "Ray Train: pairs of frames of one episode, 64x64.",
+            "autolink": "Train AutoLink (He et al., NeurIPS 2022) with DDP on Ray Train: single "
+                        "frames upsampled to 128x128."}[model]
+    p = argparse.ArgumentParser(prog=script, description=desc, epilog=EPILOG.format(script=script),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--data", required=True, metavar="SHARDS",
+      help="shard folder with train-*.tar (and test-*.tar for validation), from jobs/gen_data.py")
+    a("--preset", help="dataset preset: the paper's settings for it (skeleton: spiders, "
+                       "spiders0shot, mwhc, cartpoles, swimmers, human36m) and its eval threshold")
+    a("--config", metavar="FILE", help="JSON settings (TrainConfig fields, model_config: {...}); "
+                                       "what a Tune search writes as its best preset")
+    a("--workers", type=int, help="DDP workers (default 1)")
+    a("--gpu", action="store_true", default=None, help="one GPU per worker, NCCL (default: CPU, gloo)")
+    a("--steps", type=int, help="optimiser steps in total (default 1000)")
+    a("--batch-size", type=int, help="global batch, split evenly across workers "
+                                     "(default: the paper's, skeleton 8 pairs, AutoLink 64)")
+    a("--name", help="run name: the folder STORAGE/NAME (default: train-<model>)")
+    a("--storage", help="Ray Train storage path, local folder or URI (default ./runs)")
+    a("--checkpoint-every", type=int, metavar="K", help="checkpoint (and validate) every K steps (default 500)")
+    a("--preview-every", type=int, metavar="K", help="PNG preview every K steps, 0: none (default 500)")
+    a("--log-every", type=int, metavar="K", help="TensorBoard scalars every K steps (default 10)")
+    a("--lr", type=float, help="Adam learning rate (default: the paper's)")
+    a("--seed", type=int, help="random seed (default 0)")
+    a("--max-failures", type=int, help="worker-group restarts from the last checkpoint (default 3)")
+    a("--keep", type=int, dest="num_to_keep", help="checkpoints kept (default 3)")
+    a("--val-episodes", type=int, help="test episodes used for validation metrics (default 4)")
+    a("--loader-workers", type=int, help="data-loading processes per worker (default 1)")
+    a("--num-cpus", type=int, help="CPUs of the local Ray instance when one is started "
+                                   "(ignored under ray job submit)")
+    a("--cpus-per-worker", type=float, help="CPUs reserved per worker, also its torch threads "
+                                            "(default 1)")
+    a("--set", action="append", default=[], metavar="KEY=VALUE",
+      help="model config field, VALUE in JSON (repeatable), e.g. --set pi_width=16")
+    if model == "autolink":
+        a("--keypoints", type=int, help="number of keypoints K (default 16)")
+        a("--thickness", type=float, help="edge thickness sigma^2, normalised units (default 5e-5)")
+        a("--perceptual-net", choices=["vgg", "alex"], help="LPIPS backbone (default vgg)")
+        a("--random-backbone", action="store_true", default=None,
+          help="randomly initialised LPIPS backbone (tests only; no ImageNet weights needed)")
+    else:
+        a("--points", type=int, help="number of foreground points P (default 32)")
+    return p
+
+
+FLAG_FIELDS = ("workers:num_workers", "gpu:use_gpu", "steps", "batch_size", "name", "storage",
+               "checkpoint_every", "preview_every", "log_every", "lr", "seed", "max_failures",
+               "num_to_keep", "val_episodes", "loader_workers")
+
+
+def config_from_args(args: argparse.Namespace, model: str) -> TrainConfig:
+    """defaults < preset < --config < flags; raises ConfigError."""
+    cfg = TrainConfig(model=model, name=f"train-{model}")
+    if args.config:
+        file = load_config_file(args.config)
+        if file.get("model", model) != model:
+            raise ConfigError(f"--config {args.config} is for model {file['model']!r}, not {model!r}")
+        cfg = merge(cfg, file, f"--config {args.config}")
+    flags: dict = {"data": args.data}
+    if args.preset is not None:
+        flags["preset"] = args.preset
+    for spec in FLAG_FIELDS:
+        arg, _, fld = spec.partition(":")
+        v = getattr(args, arg)
+        if v is not None:
+            flags[fld or arg] = v
+    mc: dict = {}
+    for item in args.set:
+        key, eq, val = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            mc[key] = json.loads(val)
+        except json.JSONDecodeError:
+            mc[key] = val
+    if model == "autolink":
+        for arg, fld in (("keypoints", "num_keypoints"), ("thickness", "thickness"),
+                         ("perceptual_net", "perceptual_net")):
+            if getattr(args, arg) is not None:
+                mc[fld] = getattr(args, arg)
+        if args.random_backbone:
+            mc["pretrained"] = False
+    elif args.points is not None:
+        mc["num_points"] = args.points
+    flags["model_config"] = mc
+    cfg = resolve(merge(cfg, flags, "flags"))
+    _check_data(cfg.data)
+    return cfg
+
+
+def _check_data(data: str) -> None:
+    if "://" in data:
+        return
+    if not os.path.exists(data):
+        raise ConfigError(f"--data {data}: no such file or folder")
+    if os.path.isdir(data):
+        from kpray.data import shard_urls
+
+        try:
+            shard_urls(data, "train")
+        except FileNotFoundError:
+            raise ConfigError(f"--data {data}: no train-*.tar shards in this folder") from None
+
+
+def main(model: str, argv=None) -> int:
+    parser = build_parser(model)
+    args = parser.parse_args(argv)
+    prog = parser.prog
+    try:
+        cfg = config_from_args(args, model)
+        from kpray.train.trainer import check_resume
+
+        check_resume(cfg)
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    from kpray.train.trainer import build_trainer, fit, init_ray
+
+    init_ray(num_cpus=args.num_cpus)
+    try:
+        result = fit(build_trainer(cfg, cpus_per_worker=args.cpus_per_worker))
+    except Exception as e:  # noqa: BLE001 - reported to the user, details are in Ray's logs
+        print(f"{prog}: training failed: {e}", file=sys.stderr)
+        return 1
+    m = result.metrics or {}
+    keys = [k for k in ("step", "loss", "images_per_s", "data_wait_frac", "val_bcc",
+                        "val_joint_f1", "val_regression_error") if k in m]
+    print(f"{prog}: done: " + ", ".join(f"{k}={m[k]:.4g}" if isinstance(m[k], float) else
+                                        f"{k}={m[k]}" for k in keys))
+    print(f"{prog}: run folder {result.path}; tensorboard --logdir {cfg.run_log_dir if cfg.log_dir else os.path.join(result.path, 'logs')}")
+    return 0
