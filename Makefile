@@ -18,10 +18,18 @@ gl:
 deps:
 	$(PIP) install -q --disable-pip-version-check -e ".[dev]"
 
-# A small Cartpoles set with its preview, on this machine's local Ray.
+# The owner's main job on a small default: a small Cartpoles set (with its preview), then a
+# short random search of the skeleton model's loss weights on this machine's local Ray.
+# Rerunning resumes both (nothing is redone).
+DEMO_DATA ?= shards/demo-cartpoles
 demo: setup
-	$(PY) jobs/gen_data.py --dataset cartpoles --episodes 40 --test-episodes 10 --shard-size 10 \
-	    --workers 2 --out shards/demo-cartpoles
+	$(PY) jobs/gen_data.py --dataset cartpoles --episodes 40 --test-episodes 8 --shard-size 8 \
+	    --workers 2 --out $(DEMO_DATA)
+	$(PY) jobs/tune_skeleton.py --data $(DEMO_DATA) --preset cartpoles --samples 3 \
+	    --workers-per-trial 1 --steps 60 --checkpoint-every 30 --batch-size 4 --val-episodes 4 \
+	    --set pi_width=16 --set psi_width=16 --set background_width=16 --set num_points=16 \
+	    --name demo-cartpoles --storage runs
+	@echo "dataset preview: $(DEMO_DATA)/preview.png; search: runs/demo-cartpoles/ (summary.md, results.csv, objective.png, best_config.json)"
 
 test: setup
 	$(PY) -m pytest -q
@@ -34,4 +42,4 @@ bench: setup
 	$(PY) benchmarks/bench_gen.py
 
 clean:
-	rm -rf shards/demo-* .pytest_cache
+	rm -rf shards/demo-* runs/demo-* .pytest_cache
