@@ -44,7 +44,7 @@ def main():
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=4)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--storage-datasets", nargs="+", default=["cartpoles", "spiders", "swimmers", "mwhc"])
+    p.add_argument("--storage-datasets", nargs="*", default=["cartpoles", "spiders", "swimmers", "mwhc"])
     a = p.parse_args()
     _init_ray()
     print(f"dataset={a.dataset} episodes={a.episodes}+1 frames={a.frames} size={a.size} cpus={os.cpu_count()}")
