@@ -5,9 +5,9 @@ Bad input gets one line on stderr and exit status 2, before Ray starts or anythi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from kpray.train.cli import parse_set_items
 from kpray.train.config import ConfigError, TrainConfig, load_config_file, merge
 from kpray.tune import OBJECTIVES, SearchSpec
 
@@ -70,15 +70,7 @@ def spec_from_args(args: argparse.Namespace, model: str) -> SearchSpec:
     base = TrainConfig(model=model)
     if args.config:
         base = merge(base, load_config_file(args.config), f"--config {args.config}")
-    mc: dict = {}
-    for item in args.set:
-        key, eq, val = item.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            mc[key] = json.loads(val)
-        except json.JSONDecodeError:
-            mc[key] = val
+    mc = parse_set_items(args.set)
     if model == "autolink":
         if args.keypoints is not None:
             mc["num_keypoints"] = args.keypoints

@@ -74,6 +74,21 @@ FLAG_FIELDS = ("workers:num_workers", "gpu:use_gpu", "steps", "batch_size", "nam
                "num_to_keep", "val_episodes", "loader_workers")
 
 
+def parse_set_items(items) -> dict:
+    """``["num_points=16", "pretrained=false"]`` -> ``{"num_points": 16, "pretrained": False}``
+    (values are JSON, else strings); ConfigError on an item without ``=``."""
+    out: dict = {}
+    for item in items:
+        key, eq, val = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key] = val
+    return out
+
+
 def config_from_args(args: argparse.Namespace, model: str) -> TrainConfig:
     """defaults < preset < --config < flags; raises ConfigError."""
     cfg = TrainConfig(model=model, name=f"train-{model}")
@@ -90,15 +105,7 @@ def config_from_args(args: argparse.Namespace, model: str) -> TrainConfig:
         v = getattr(args, arg)
         if v is not None:
             flags[fld or arg] = v
-    mc: dict = {}
-    for item in args.set:
-        key, eq, val = item.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            mc[key] = json.loads(val)
-        except json.JSONDecodeError:
-            mc[key] = val
+    mc = parse_set_items(args.set)
     if model == "autolink":
         for arg, fld in (("keypoints", "num_keypoints"), ("thickness", "thickness"),
                          ("perceptual_net", "perceptual_net")):
