@@ -242,7 +242,15 @@ def test_plots_standalone(tmp_path):
     assert np.allclose(pc[0], gc[4]) and np.allclose(pc[1], gc[0])
 
 
-def test_job_evaluates_a_checkpoint(tmp_path):
+TINY_MODELS = {
+    "skeleton": ("cartpoles", {"pi_width": 8, "psi_width": 8, "background_width": 8, "num_points": 6}),
+    "autolink": (None, {"num_keypoints": 4, "detector_width": 8, "decoder_width": 8,
+                        "pretrained": False}),
+}
+
+
+@pytest.mark.parametrize("model_name", ["skeleton", "autolink"])
+def test_job_evaluates_a_checkpoint(tmp_path, model_name):
     """A real model saved in the training checkpoint format, run over real rendered episodes."""
     import torch
     import webdataset as wds
@@ -259,10 +267,10 @@ def test_job_evaluates_a_checkpoint(tmp_path):
         for i in range(2):
             ep = render_episode("cartpole:2", "test", seed=0, index=i, frames=6, size=64)
             sink.write(encode_episode(ep, f"test-{i:06d}"))
-    cfg = resolve(TrainConfig(model="skeleton", data=str(shards), preset="cartpoles", steps=1,
-                              model_config={"pi_width": 8, "psi_width": 8, "background_width": 8,
-                                            "num_points": 6}))
-    model = get_adapter("skeleton").build(cfg)
+    preset, mc = TINY_MODELS[model_name]
+    cfg = resolve(TrainConfig(model=model_name, data=str(shards), preset=preset, steps=1,
+                              model_config=mc))
+    model = get_adapter(model_name).build(cfg)
     ckpt = tmp_path / "run" / "checkpoint_000001"
     ckpt.mkdir(parents=True)
     save_state(str(ckpt), model, torch.optim.Adam(model.parameters()), 1, [], cfg)
@@ -273,7 +281,7 @@ def test_job_evaluates_a_checkpoint(tmp_path):
         assert job.main(["--checkpoint", str(path), "--data", str(shards), "--out", str(out),
                          "--figures", "1"]) == 0
         s = json.loads((out / "metrics.json").read_text())
-        assert s["model"] == "skeleton step 1"
+        assert s["model"] == f"{model_name} step 1"
         assert s["datasets"]["cartpole:2"]["joints"]["n_videos"] == 2
     r = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--checkpoint",
                         str(tmp_path / "nothing"), "--data", str(shards), "--out", str(tmp_path / "o")],
