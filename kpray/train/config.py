@@ -203,6 +203,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(msg)
 
     need(bool(cfg.data), "no training data: give --data SHARDS")
+    if "://" not in cfg.data:
+        # Ray Train and Tune run workers and trials in other working folders.
+        import os
+
+        cfg = cfg.replace(data=os.path.abspath(cfg.data))
     need(isinstance(cfg.steps, int) and cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
     need(isinstance(cfg.num_workers, int) and cfg.num_workers >= 1,
          f"--workers must be >= 1, got {cfg.num_workers}")
