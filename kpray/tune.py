@@ -212,6 +212,7 @@ def make_trial_fn(spec: SearchSpec, base: TrainConfig):
     trials_storage = _join(experiment_dir(spec), "trials")
     base_dict = base.to_dict()
     model, cpus_per_worker = spec.model, spec.cpus_per_worker
+    objective = OBJECTIVES[spec.model][0]
 
     def trial(params: dict) -> None:
         import ray.tune
@@ -219,12 +220,20 @@ def make_trial_fn(spec: SearchSpec, base: TrainConfig):
 
         from kpray.train.trainer import build_trainer, fit
 
+        class ReportWithObjective(TuneReportCallback):
+            """A diverged run's last report has its error but no objective, and Tune's searcher
+            indexes the objective: report it as NaN (a failed value) so the trial errors alone."""
+
+            def after_report(self, run_context, metrics, checkpoint):
+                metrics = [{objective: float("nan"), **m} for m in metrics]
+                super().after_report(run_context, metrics, checkpoint)
+
         trial_id = ray.tune.get_context().get_trial_id()
         cfg = resolve(merge(TrainConfig.from_dict(base_dict), trial_overrides(model, params),
                             source="trial"))
         # Named after the trial: a rerun of this trial resumes from its own latest checkpoint.
         cfg = cfg.replace(name=f"trial-{trial_id}", storage=trials_storage, log_dir=None)
-        fit(build_trainer(cfg, callbacks=[TuneReportCallback()], cpus_per_worker=cpus_per_worker))
+        fit(build_trainer(cfg, callbacks=[ReportWithObjective()], cpus_per_worker=cpus_per_worker))
 
     return trial
 
@@ -417,6 +426,9 @@ def run_search(spec: SearchSpec, progress: bool = True) -> dict:
     """Run (or resume) the search; returns ``{"rows", "best", "dir", "resumed"}``."""
     base = check_spec(spec)
     check_same_space(spec)
+    # A diverging run's last report carries its error and no objective; Tune's strict check
+    # would end the whole search on it instead of marking that trial errored.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
     from kpray.train.trainer import init_ray
 

@@ -239,3 +239,23 @@ def test_ray_job_submit_to_a_head(shards, tmp_path):
     import ray
 
     assert ray.is_initialized() and ray.cluster_resources().get("CPU")  # the session's Ray lives on
+
+
+@pytest.mark.slow
+def test_diverging_trials_are_errored_with_their_message(shards, tmp_path):
+    """Every trial's loss turns NaN at step 2: each is marked errored with the non-finite-loss
+    message, the search still runs all its samples and writes its results. (In this process, on
+    the session's Ray: with two local Ray instances on one machine, Ray Train's placement-group
+    cleaner cannot find its cluster and an errored trial's resources are never freed.)"""
+    base = TrainConfig(data=shards, preset="cartpoles", steps=4, batch_size=2, num_workers=1,
+                       checkpoint_every=2, val_episodes=1, preview_every=0, seed=5,
+                       inject_nonfinite_at=2,
+                       model_config={"pi_width": 8, "psi_width": 8, "background_width": 8,
+                                     "num_points": 8})
+    spec = SearchSpec(model="skeleton", base=base, samples=2, name="nan", storage=str(tmp_path),
+                      seed=5, max_concurrent=1)
+    out = run_search(spec, progress=False)
+    rows = _rows(os.path.join(out["dir"], "results.csv"))
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"ERROR"}
+    assert all("non-finite loss at step 2" in row["error"] for row in rows), [row["error"] for row in rows]
+    assert out["best"] is None and not os.path.exists(os.path.join(out["dir"], "best_config.json"))
