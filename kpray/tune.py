@@ -266,11 +266,9 @@ _TUNE_BOOKKEEPING = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "ho
 
 
 def _error_message(trial) -> str:
+    """The last non-empty line of an errored trial's message (Tune keeps it, or its file)."""
     path = getattr(trial, "error_file", None) or ""
-    try:
-        msg = trial.error_message if hasattr(trial, "error_message") else None
-    except Exception:  # noqa: BLE001 - best effort only
-        msg = None
+    msg = getattr(trial, "error_message", None)
     if not msg and path and os.path.exists(path):
         with open(path) as f:
             msg = f.read()
@@ -474,12 +472,11 @@ def run_search(spec: SearchSpec, progress: bool = True) -> dict:
                                       callbacks=callbacks, verbose=1 if progress else 0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-    if resumed:
-        # Restored Tuners keep their RunConfig; the callback is not part of the saved state.
+    if resumed and hasattr(tuner, "_local_tuner"):
+        # Tuner.restore brings back the saved RunConfig and takes no callbacks; Ray 2.60 has no
+        # public way to pass them, so this run's result writer is set on the private copy.
         tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001
-    grid = tuner.fit()
-    trials = [r for r in grid]  # Results, for the final write below
-    del trials
+    tuner.fit()
     all_trials = _load_trials(root)
     out = write_results(spec, base, all_trials)
     out.update(dir=root, resumed=resumed)
