@@ -92,7 +92,9 @@ def test_killed_driver_resumes_to_exactly_the_samples(shards, finished_search, t
     storage = str(tmp_path / "runs")
     slow = tmp_path / "slow.json"
     slow.write_text(json.dumps({"step_sleep_s": 1.5}))  # time to kill it mid-trial
-    args = _job_args(shards, "resumed", storage, extra=["--config", str(slow)])
+    # 8 steps: time to kill the second trial after Ray Train has recorded its first checkpoint
+    # (the folder appears a moment before the run's state knows it) and before it finishes.
+    args = _job_args(shards, "resumed", storage, steps=8, extra=["--config", str(slow)])
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     trials = os.path.join(storage, "resumed", "trials")
@@ -107,6 +109,7 @@ def test_killed_driver_resumes_to_exactly_the_samples(shards, finished_search, t
     # wait for the second trial to have a checkpoint at step 2 (of 4): it is then mid-way
     while time.time() < deadline and proc.poll() is None and len(checkpointed()) < 2:
         time.sleep(0.5)
+    time.sleep(2.5)
     assert proc.poll() is None, "the search ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -117,7 +120,7 @@ def test_killed_driver_resumes_to_exactly_the_samples(shards, finished_search, t
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     rows = _rows(os.path.join(storage, "resumed", "results.csv"))
     assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"}
-    assert all(int(r["steps_done"]) == 4 for r in rows)
+    assert all(int(r["steps_done"]) == 8 for r in rows)
     resumed = [r for r in rows if float(r.get("resumed_from_step") or 0) > 0]
     assert resumed, "no trial continued from its checkpoint"
     # same seed, same space: the same three samples as the uninterrupted search
