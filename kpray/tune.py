@@ -427,6 +427,11 @@ def run_search(spec: SearchSpec, progress: bool = True) -> dict:
     # A diverging run's last report carries its error and no objective; Tune's strict check
     # would end the whole search on it instead of marking that trial errored.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune saves the experiment's state (trials, searcher) at most every 10 s by default; a driver
+    # killed in that window loses the trials started since, and on restore the searcher samples
+    # them again as new trials whose TorchTrainers start from step 0. The state is a few KB and
+    # its upload runs in the background: save it every second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
     from kpray.train.trainer import init_ray
 
