@@ -56,9 +56,15 @@ def test_near_loss_hand_case():
 @pytest.mark.parametrize("p", [0.5, 1.0])
 def test_sparse_losses_hand_case(p):
     s = links_matrix(4, {(0, 1): 1.0})
-    links, joints = L.sparse_losses(s, p=p)
+    links, joints = L.sparse_losses(s, p=p, normalise="sum")
     assert torch.isclose(links, torch.tensor(1.0), atol=1e-4)   # one link
     assert torch.isclose(joints, torch.tensor(2.0 ** (1 / p)), atol=1e-4)  # two joints: (1+1)^(1/p)
+    # means: one link of the 6 pairs, two joints of the 4 points
+    links, joints = L.sparse_losses(s, p=p, normalise="mean")
+    assert torch.isclose(links, torch.tensor((1 / 6) ** (1 / p)), atol=1e-4)
+    assert torch.isclose(joints, torch.tensor((2 / 4) ** (1 / p)), atol=1e-4)
+    with pytest.raises(ValueError, match="normalise"):
+        L.sparse_losses(s, p=p, normalise="max")
 
 
 def test_uniform_loss_hand_case():

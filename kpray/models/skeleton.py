@@ -60,6 +60,7 @@ class SkeletonConfig:
     uniform_alpha: float = 0.8
     uniform_tau: float = 1.0        # open: length scale (pixels) of the line mask exp(-d / tau)
     sparse_p: float = 0.5           # open: exponent 0 < p < 1 of the sparsity loss
+    sparse_normalise: str = "mean"  # open: "mean" or "sum" (the literal eq. 4) over pairs/points
     near_scale: float = 0.1         # open: unit of d in exp(-d) of the near loss (normalised)
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
@@ -318,7 +319,7 @@ class SkeletonModel(nn.Module):
         """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights."""
         c = self.config
         s, ps, pt = out["links"], out["source_points"], out["target_points"]
-        sparse_links, sparse_joints = L.sparse_losses(s, c.sparse_p)
+        sparse_links, sparse_joints = L.sparse_losses(s, c.sparse_p, c.sparse_normalise)
         coverage = [L.link_coverage(pts, L.foreground_evidence(maps, c.uniform_pool), c.uniform_tau)
                     for pts, maps in ((ps, out["source_maps"]), (pt, out["target_maps"]))]
         return {
