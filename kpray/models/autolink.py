@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kpray.losses.autolink import PerceptualLoss
+from kpray.models.unet import UNet
 from kpray.ops.coords import soft_argmax
 from kpray.ops.edge_map import edge_map
 
@@ -102,38 +103,6 @@ class Detector(nn.Module):
         return self.head(self.up(x))
 
 
-def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True))
-
-
-class UNet(nn.Module):
-    """[B, c_in, S, S] -> [B, c_out, S, S]; `depth` 2x down steps, width doubling to 8 * width."""
-
-    def __init__(self, c_in: int, c_out: int, width: int = 32, depth: int = 4):
-        super().__init__()
-        chans = [min(width * 2 ** d, 8 * width) for d in range(depth + 1)]
-        self.inc = nn.Sequential(conv_bn_relu(c_in, chans[0]), conv_bn_relu(chans[0], chans[0]))
-        self.downs = nn.ModuleList(
-            nn.Sequential(nn.MaxPool2d(2), conv_bn_relu(chans[d], chans[d + 1]),
-                          conv_bn_relu(chans[d + 1], chans[d + 1])) for d in range(depth))
-        self.ups = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(chans[d + 1] + chans[d], chans[d]),
-                          conv_bn_relu(chans[d], chans[d])) for d in reversed(range(depth)))
-        self.out = nn.Conv2d(chans[0], c_out, 1)
-
-    def forward(self, x):
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        x = skips.pop()
-        for up in self.ups:
-            skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = up(torch.cat([x, skip], dim=1))
-        return self.out(x)
-
-
 def random_grid_mask(b: int, size: int, grid: int = 16, ratio: float = 0.8, device=None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Keep-mask [B, 1, size, size] (1 = visible): the image is cut into grid x grid cells and
@@ -160,7 +129,7 @@ class AutoLink(nn.Module):
         init = math.log(math.expm1(c.edge_weight_init)) / c.edge_weight_scale  # softplus^-1
         self.edge_weight_raw = nn.Parameter(torch.full((k, k), init))
         self.alpha = nn.Parameter(torch.ones(()))   # scales the masked image; paper: init 1
-        self.decoder = UNet(3 + 1, 3, c.decoder_width, c.decoder_depth)
+        self.decoder = UNet(3 + 1, 3, c.decoder_width, c.decoder_depth, max_mult=8)
         # The frozen loss network is kept out of state_dict/parameters (it is not trained and is
         # large); _apply below still moves it with .to()/.cuda().
         self.__dict__["perceptual"] = perceptual if perceptual is not None else \

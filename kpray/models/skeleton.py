@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kpray.losses import skeleton as L
+from kpray.models.unet import UNet
 from kpray.ops.coords import expected_location, pixel_grid
 from kpray.ops.edge_map import upper_pairs
 
@@ -90,41 +91,6 @@ class SkeletonConfig:
 
 
 # ---------------------------------------------------------------- pi: U-Net -> location maps
-
-class DoubleConv(nn.Sequential):
-    """Two 3x3 Conv-BatchNorm-ReLU, stride 1, padding 1 (supplementary VIII-a)."""
-
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__(nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True),
-                         nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True))
-
-
-class PointUNet(nn.Module):
-    """image [B, 3, H, W] -> logits [B, P, H, W]: DoubleConv, 4 x (max-pool 2, DoubleConv),
-    4 x (upsample 2, concat skip, DoubleConv), 1x1 conv."""
-
-    def __init__(self, p: int, width: int = 32):
-        super().__init__()
-        ch = [width * 2 ** d for d in range(5)]                       # 32 .. 512
-        self.inc = DoubleConv(3, ch[0])
-        self.downs = nn.ModuleList(nn.Sequential(nn.MaxPool2d(2), DoubleConv(ch[d], ch[d + 1]))
-                                   for d in range(4))
-        self.ups = nn.ModuleList(DoubleConv(ch[d + 1] + ch[d], ch[d]) for d in reversed(range(4)))
-        self.out = nn.Conv2d(ch[0], p, 1)
-
-    def forward(self, x):
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        x = skips.pop()
-        for up in self.ups:
-            skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = up(torch.cat([x, skip], dim=1))
-        return self.out(x)
-
 
 def gumbel_location_maps(logits: torch.Tensor, tau: float, hard: bool = False,
                          noise: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -270,7 +236,7 @@ class SkeletonModel(nn.Module):
     def __init__(self, config: SkeletonConfig):
         super().__init__()
         self.config = c = config
-        self.pi = PointUNet(c.num_points, c.pi_width)
+        self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
         self.psi = SkeletonPredictor(c.num_points, c.psi_width, c.image_size)
         self.background = BackgroundNet(c.background_width, c.background_latent)
 
