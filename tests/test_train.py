@@ -87,6 +87,8 @@ def test_autolink_two_workers_uneven_shards_do_not_hang(ray_session, shards, tmp
     for tag in ("loss/total", "loss/perceptual", "model/alpha", "train/lr", "train/images_per_s"):
         assert tag in tags["scalars"], tag
     assert "model/edge_weights" in tags["images"] and "preview" in tags["images"]
+    # validation of the untrained model (step 0), then at every checkpoint
+    assert [e.step for e in ev.Scalars("val/regression_error")] == [0, 2, 4]
 
 
 def test_killed_worker_is_restarted_from_latest_checkpoint(ray_session, shards, tmp_path):

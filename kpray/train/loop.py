@@ -194,6 +194,11 @@ def train_func(config: dict) -> None:
     last_terms: dict[str, float] = {}
     error = None
     val_every = cfg.checkpoint_every if cfg.val_every is None else cfg.val_every
+    if rank == 0 and step == 0 and val_every and val_data:
+        # The untrained model's scores (TensorBoard only), the reference for later validations.
+        for k, v in adapter.validate(model, val_data, cfg).items():
+            if k.startswith("val_") and isinstance(v, (int, float)):
+                writer.add_scalar(f"val/{k[4:]}", v, 0)
     model.train()
     t_last = time.perf_counter()
     while step < cfg.steps:
@@ -304,10 +309,7 @@ def train_func(config: dict) -> None:
                 metrics["ranks_in_sync"] = len(set(metrics["param_sha1_per_rank"])) == 1
             if rank == 0:
                 writer.flush()
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_state(tmp, model, optimizer, step, rngs, cfg)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                     checkpoint_dir_name=f"checkpoint_{step:08d}")
+                _report_with_checkpoint(metrics, model, optimizer, step, rngs, cfg)
             else:
                 ray.train.report(metrics)
             totals = {"wait": 0.0, "time": 0.0, "steps": 0}
@@ -318,6 +320,18 @@ def train_func(config: dict) -> None:
     if error is not None:
         _stop_on_error(error, step, resumed_from, ckpt is not None, model, optimizer, cfg, rank,
                        world)
+
+
+def _report_with_checkpoint(metrics: dict, model, optimizer, step: int, rngs: list, cfg: TrainConfig,
+                            suffix: str = "") -> None:
+    """Rank 0: save the state to a temporary folder and report it as ``checkpoint_<step><suffix>``
+    (Ray Train copies it into the run folder)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(tmp, model, optimizer, step, rngs, cfg)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_{step:08d}{suffix}")
 
 
 def _stop_on_error(error: str, step: int, resumed_from: int, had_checkpoint: bool, model,
@@ -337,9 +351,6 @@ def _stop_on_error(error: str, step: int, resumed_from: int, had_checkpoint: boo
     save = step > resumed_from or not had_checkpoint     # else the same state is already saved
     rngs = _gather(rng_state(), world)
     if rank == 0 and save:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_state(tmp, model, optimizer, step, rngs, cfg)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_{step:08d}_nonfinite")
+        _report_with_checkpoint(metrics, model, optimizer, step, rngs, cfg, suffix="_nonfinite")
     else:
         ray.train.report(metrics)
