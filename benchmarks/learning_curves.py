@@ -56,7 +56,7 @@ def summary_rows(scalars: dict) -> list[tuple[str, float, float, float, int]]:
         if not values:
             continue
         first = dict(series).get(0, math.nan)
-        low = any(name.endswith(k) or name == k for k in LOWER_IS_BETTER)
+        low = name.endswith(LOWER_IS_BETTER)
         rows.append((name, first, series[-1][1], min(values) if low else max(values), series[-1][0]))
     return rows
 

@@ -196,9 +196,7 @@ def train_func(config: dict) -> None:
     val_every = cfg.checkpoint_every if cfg.val_every is None else cfg.val_every
     if rank == 0 and step == 0 and val_every and val_data:
         # The untrained model's scores (TensorBoard only), the reference for later validations.
-        for k, v in adapter.validate(model, val_data, cfg).items():
-            if k.startswith("val_") and isinstance(v, (int, float)):
-                writer.add_scalar(f"val/{k[4:]}", v, 0)
+        _log_validation(writer, adapter.validate(model, val_data, cfg), 0)
     model.train()
     t_last = time.perf_counter()
     while step < cfg.steps:
@@ -300,9 +298,7 @@ def train_func(config: dict) -> None:
                 metrics.update(adapter.validate(model, val_data, cfg))
                 metrics["val_time_s"] = time.perf_counter() - t
                 model.train()
-                for k, v in metrics.items():
-                    if k.startswith("val_") and isinstance(v, (int, float)):
-                        writer.add_scalar(f"val/{k[4:]}", v, step)
+                _log_validation(writer, metrics, step)
             rngs = _gather(rng_state(), world)
             if step >= cfg.steps:              # the ranks' parameters must agree at the end
                 metrics["param_sha1_per_rank"] = _gather(param_fingerprint(model), world)
@@ -320,6 +316,13 @@ def train_func(config: dict) -> None:
     if error is not None:
         _stop_on_error(error, step, resumed_from, ckpt is not None, model, optimizer, cfg, rank,
                        world)
+
+
+def _log_validation(writer, metrics: dict, step: int) -> None:
+    """The numeric ``val_*`` entries of ``metrics`` as TensorBoard scalars ``val/*``."""
+    for k, v in metrics.items():
+        if k.startswith("val_") and isinstance(v, (int, float)):
+            writer.add_scalar(f"val/{k[4:]}", v, step)
 
 
 def _report_with_checkpoint(metrics: dict, model, optimizer, step: int, rngs: list, cfg: TrainConfig,
