@@ -5,6 +5,7 @@ Layout of an output folder ``DIR``::
     DIR/train-000000.tar ...   shard k holds episodes [k * shard_size, (k + 1) * shard_size)
     DIR/test-000000.tar ...
     DIR/.kpray-gen.json        the generation spec, written first (guards against mixing runs)
+    DIR/.kpray-gen.lock        flock: shared by a run's driver and render actors, exclusive to start
     DIR/manifest.json          written last: spec, counts, per-shard episodes/bytes/sha256, versions
     DIR/preview.png            contact sheet with GT joints and skeletons
 
@@ -13,10 +14,13 @@ quality), and shard bytes are reproducible (fixed tar mtime/owner), so the shard
 manifest do not depend on the number of workers. A shard is written to a hidden temporary file
 and renamed into place, so a killed run never leaves a partial shard under a final name; a rerun
 renders only the missing shards. An actor that dies is restarted by Ray and its shard is redone.
+Render actors outlive a SIGKILLed driver by a few seconds and keep writing, so a run starts only
+once every writer of the previous one has let go of the lock (then it removes their temp files).
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from kpray.data import FRAME_CODECS, encode_episode
 
 SPEC_FILE = ".kpray-gen.json"
+LOCK_FILE = ".kpray-gen.lock"
 MANIFEST = "manifest.json"
 FORMAT = "kpray-episodes/1"
 SPLITS = ("train", "test")
@@ -242,6 +247,37 @@ def render_env() -> dict:
             "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS", "0")}
 
 
+def hold_writer_lock(out: str) -> int:
+    """Take a shared lock on ``out``'s lock file for this process's life; returns its fd.
+
+    The kernel drops it when the process dies, however it dies. (flock is per machine: on a
+    multi-node cluster it guards only the writers on the driver's node unless the shared file
+    system passes flock through, as NFSv4 and Lustre do.)
+    """
+    fd = os.open(os.path.join(out, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def wait_for_writers(out: str, timeout_s: float) -> int:
+    """Wait until no process holds ``out``'s lock; return the fd, locked exclusively.
+
+    Raises GenError after ``timeout_s``: another run (or its still-exiting workers) is writing.
+    """
+    fd = os.open(os.path.join(out, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise GenError(f"another gen_data run is still writing to {out} (waited "
+                               f"{timeout_s:g} s for {LOCK_FILE}); wait for it or choose another --out") from None
+            time.sleep(0.1)
+
+
 class ShardRenderer:
     """Ray actor (one CPU): holds a worker process with its imports and GL warm; renders shards."""
 
@@ -249,6 +285,7 @@ class ShardRenderer:
         self.spec = GenSpec(**spec_json)
         self.out = out
         self.progress = progress
+        self._lock_fd = hold_writer_lock(out)
 
     def pid(self) -> int:
         return os.getpid()
@@ -274,12 +311,14 @@ class Progress:
 
 
 def generate(spec: GenSpec, out: str, workers: int = 2, show_progress: bool = True,
-             preview: bool = True, max_shard_retries: int = 3, stats: dict | None = None) -> dict:
+             preview: bool = True, max_shard_retries: int = 3, stats: dict | None = None,
+             lock_timeout_s: float = 60.0) -> dict:
     """Render every missing shard of ``spec`` into ``out`` with ``workers`` Ray actors.
 
     Returns the manifest (also written to ``out/manifest.json``). Raises GenError on bad input
     before writing anything. ``stats``, when given, receives ``rendered`` (shard names rendered
     by this call) and ``redone`` (shards whose actor died and that were rendered again).
+    Waits up to ``lock_timeout_s`` for the writers of an earlier run in ``out`` to exit.
     """
     stats = {} if stats is None else stats
     spec = validate_spec(spec)
@@ -288,9 +327,19 @@ def generate(spec: GenSpec, out: str, workers: int = 2, show_progress: bool = Tr
     check_out_dir(spec, out)
 
     os.makedirs(out, exist_ok=True)
-    _write_json_atomic(os.path.join(out, SPEC_FILE), spec.to_json())
-    for stale in glob.glob(os.path.join(out, ".*.tmp")):  # left by a killed run
-        os.unlink(stale)
+    lock_fd = wait_for_writers(out, lock_timeout_s)
+    try:
+        _write_json_atomic(os.path.join(out, SPEC_FILE), spec.to_json())
+        for stale in glob.glob(os.path.join(out, ".*.tmp")):  # left by a killed run
+            os.unlink(stale)
+        # Shared from here on: our actors join in, and a concurrent run waits for us all.
+        fcntl.flock(lock_fd, fcntl.LOCK_SH)
+        return _generate_locked(spec, out, workers, show_progress, preview, max_shard_retries, stats)
+    finally:
+        os.close(lock_fd)
+
+
+def _generate_locked(spec, out, workers, show_progress, preview, max_shard_retries, stats) -> dict:
     # A finished manifest means nothing is missing unless shards were deleted since.
     tasks = plan_shards(spec)
     done = {t.name for t in tasks if os.path.exists(os.path.join(out, t.name))}

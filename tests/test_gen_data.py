@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kpray.data import iter_episodes
-from kpray.datagen import GenError, GenSpec, generate
+from kpray.datagen import LOCK_FILE, GenError, GenSpec, generate, wait_for_writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = os.path.join(ROOT, "jobs", "gen_data.py")
@@ -142,6 +142,48 @@ def test_killed_job_resumes_to_the_same_manifest(reference, tmp_path):
     with open(os.path.join(out, "manifest.json")) as f:
         assert json.load(f) == ref
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_SH)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold_lock(out, seconds):
+    """A separate process (like a render actor of another run) holding the writers' lock."""
+    os.makedirs(out, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, os.path.join(out, LOCK_FILE), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_start_waits_for_the_writers_of_an_earlier_run(tmp_path):
+    out = str(tmp_path / "out")
+    holder = _hold_lock(out, 1.5)
+    t0 = time.monotonic()
+    fd = wait_for_writers(out, timeout_s=30)
+    waited = time.monotonic() - t0
+    os.close(fd)
+    holder.wait()
+    assert 1.0 < waited < 20, waited
+
+
+def test_a_folder_still_being_written_is_refused(tmp_path):
+    out = str(tmp_path / "out")
+    holder = _hold_lock(out, 30)
+    try:
+        spec = GenSpec(dataset="cartpoles", episodes=2, test_episodes=1, frames=2, size=32, shard_size=2)
+        with pytest.raises(GenError, match="still writing"):
+            generate(spec, out, workers=1, show_progress=False, preview=False, lock_timeout_s=0.5)
+        assert not [f for f in os.listdir(out) if f.endswith(".tar")]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _job(*args):
