@@ -1,4 +1,5 @@
 """Each loss on a hand case whose value is known."""
+import dataclasses
 import math
 import os
 
@@ -47,6 +48,16 @@ def test_near_loss_hand_case():
     # points 0, 1 lie on link (0,1): 1 each; point 2 is 0.3 away: exp(-0.3 / 0.1); two frames
     expected = -2 * (2 + math.exp(-3))
     assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1), torch.tensor(expected), atol=1e-5)
+    # without self-explanation the endpoints of the only link count for nothing
+    expected = -2 * math.exp(-3)
+    assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1, exclude_endpoints=True),
+                         torch.tensor(expected), atol=1e-5)
+    # adding link (0, 2): point 1's nearest place on it is its end, point 2 (d = |(0.5, -0.3)|);
+    # point 2 is still explained by (0, 1) only, and point 0 is an endpoint of both
+    s3 = links_matrix(3, {(0, 1): 1.0, (0, 2): 1.0})
+    expected = -2 * (math.exp(-3) + math.exp(-math.hypot(0.5, 0.3) / 0.1))
+    assert torch.isclose(L.near_loss(s3, pts, pts, scale=0.1, exclude_endpoints=True),
+                         torch.tensor(expected), atol=1e-5)
     # the relaxation passes gradient to links that are not the max
     s2 = links_matrix(3, {(0, 1): 0.9, (0, 2): 0.5}).requires_grad_()
     L.near_loss(s2, pts, pts, scale=0.1).backward()
@@ -56,15 +67,18 @@ def test_near_loss_hand_case():
 @pytest.mark.parametrize("p", [0.5, 1.0])
 def test_sparse_losses_hand_case(p):
     s = links_matrix(4, {(0, 1): 1.0})
-    links, joints = L.sparse_losses(s, p=p, normalise="sum")
+    links, joints = L.sparse_losses(s, p=p, links_normalise="sum", joints_normalise="sum")
     assert torch.isclose(links, torch.tensor(1.0), atol=1e-4)   # one link
     assert torch.isclose(joints, torch.tensor(2.0 ** (1 / p)), atol=1e-4)  # two joints: (1+1)^(1/p)
     # means: one link of the 6 pairs, two joints of the 4 points
-    links, joints = L.sparse_losses(s, p=p, normalise="mean")
+    links, joints = L.sparse_losses(s, p=p, links_normalise="mean", joints_normalise="mean")
     assert torch.isclose(links, torch.tensor((1 / 6) ** (1 / p)), atol=1e-4)
     assert torch.isclose(joints, torch.tensor((2 / 4) ** (1 / p)), atol=1e-4)
-    with pytest.raises(ValueError, match="normalise"):
-        L.sparse_losses(s, p=p, normalise="max")
+    links, joints = L.sparse_losses(s, p=p)                     # defaults: mean links, summed joints
+    assert torch.isclose(links, torch.tensor((1 / 6) ** (1 / p)), atol=1e-4)
+    assert torch.isclose(joints, torch.tensor(2.0 ** (1 / p)), atol=1e-4)
+    with pytest.raises(ValueError, match="joints_normalise"):
+        L.sparse_losses(s, p=p, joints_normalise="max")
 
 
 def test_uniform_loss_hand_case():
@@ -131,3 +145,28 @@ def test_pretrained_without_weights_names_the_file(net, tmp_path, monkeypatch):
     msg = str(err.value)
     assert BACKBONE_FILES[net] in msg and "TORCH_HOME" in msg
     assert os.path.join(str(tmp_path), "hub", "checkpoints") in msg
+
+
+def _bending_chain(n_between: int = 3, angles=(0.0, 0.5, 1.0, 1.5)):
+    """Two rigid links A-B-C (0.6 long) bending at B by each angle, with n_between points spaced
+    along each link: points [len(angles), 3 + 2 n, 2] (A, B, C first) and the true links."""
+    frames = []
+    for a in angles:
+        A, B = torch.tensor([-0.6, 0.0]), torch.tensor([0.0, 0.0])
+        C = 0.6 * torch.tensor([math.cos(a), math.sin(a)])
+        pts = [A, B, C]
+        for u in torch.arange(1, n_between + 1) / (n_between + 1):
+            pts += [A + u * (B - A), B + u * (C - B)]
+        frames.append(torch.stack(pts))
+    return torch.stack(frames), {(0, 1), (1, 2)}
+
+
+def test_structure_loss_prefers_the_true_skeleton():
+    # Every (straight, bent) pair; the free links that minimise near + sparse + length must be
+    # exactly A-B and B-C: the points in between are explained, and a link A-C bends away.
+    pts, truth = _bending_chain()
+    src, tgt = pts[[0, 0, 0]], pts[[1, 2, 3]]
+    w = dataclasses.replace(L.PRESETS["cartpoles"], sparse_joints=1.0)
+    s = L.fit_links(src, tgt, w)
+    found = {(a, b) for a in range(s.shape[0]) for b in range(a + 1, s.shape[0]) if s[a, b] >= 0.5}
+    assert found == truth, found

@@ -64,42 +64,55 @@ def _straight_through_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor,
-              scale: float = 0.1, temperature: float = 0.1) -> torch.Tensor:
+              scale: float = 0.1, temperature: float = 0.1,
+              exclude_endpoints: bool = False) -> torch.Tensor:
     """-sum_f sum_p max_ij S_ij exp(-d^f[p||i,j] / scale) (eq. 3).
 
     links: [B, P, P]; *_points: [B, P, 2] normalised. d is the distance from point p to the
     segment between points i and j in the same frame f; `scale` is its unit (normalised
     coordinates; the paper writes exp(-d) with the unit unstated); `temperature` that of the
-    softmax in the relaxation of the max."""
-    i, j = upper_pairs(links.shape[-1], links.device)
+    softmax in the relaxation of the max. exclude_endpoints: link (i, j) does not count for
+    points i and j themselves, so links are rewarded only for explaining "the remaining
+    foreground points" (section I); otherwise every point is trivially explained by becoming a
+    joint (d = 0), and a matching of all P points beats any skeleton."""
+    p = links.shape[-1]
+    i, j = upper_pairs(p, links.device)
     s = links[:, i, j]                                                      # [B, E]
+    own = None
+    if exclude_endpoints:
+        idx = torch.arange(p, device=links.device)[:, None]
+        own = (idx == i[None]) | (idx == j[None])                           # [P, E]
     total = links.new_zeros(())
     for pts in (source_points, target_points):
         d2 = segment_distance2(pts[:, :, None], pts[:, None, i], pts[:, None, j])  # [B, P, E]
         near = s[:, None] * torch.exp(-(d2 + 1e-12).sqrt() / scale)
+        if own is not None:
+            near = near.masked_fill(own, 0.0)
         total = total - _straight_through_max(near, temperature).sum(dim=-1).mean()
     return total
 
 
 # ---------------------------------------------------------------- sparse, eq. (4)
 
-def sparse_losses(links: torch.Tensor, p: float = 0.5,
-                  normalise: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+def sparse_losses(links: torch.Tensor, p: float = 0.5, links_normalise: str = "mean",
+                  joints_normalise: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
     """(links term, joints term) of eq. 4 for links [B, P, P] with exponent 0 < p <= 1:
     (sum_ij S_ij^p)^(1/p) counts links, (sum_i max_j S_ij^p)^(1/p) counts joints.
 
-    normalise="mean" replaces each sum by a mean (over the P(P-1)/2 pairs, over the P points),
-    so each term lies in [0, 1] whatever P. The paper writes sums, but with its weights (sparse
-    links 500-7000 against near 10) the summed terms outweigh everything else by orders of
-    magnitude for any P: measured here, P = 32 drove every link to ~1e-8 within 100 steps.
-    "sum" is the literal eq. 4."""
-    if normalise not in ("mean", "sum"):
-        raise ValueError(f"normalise must be 'mean' or 'sum', got {normalise!r}")
-    reduce = torch.mean if normalise == "mean" else torch.sum
+    Each term's *_normalise is "sum" (the literal eq. 4) or "mean" (over the P(P-1)/2 pairs or
+    the P points, so the term lies in [0, 1] whatever P). Defaults: links "mean", joints "sum".
+    With the paper's weights (sparse links 500-7000, joints 0.0002-0.1, near 10) the summed link
+    term outweighs everything (measured: P = 32 drove every link to ~1e-8 within 100 steps),
+    while a mean joint term (at most 0.1) never pays for dropping a single joint."""
+    for what, mode in (("links_normalise", links_normalise), ("joints_normalise", joints_normalise)):
+        if mode not in ("mean", "sum"):
+            raise ValueError(f"{what} must be 'mean' or 'sum', got {mode!r}")
     i, j = upper_pairs(links.shape[-1], links.device)
     s = links[:, i, j].clamp_min(1e-12)                 # S^p has an infinite slope at 0 for p < 1
-    link_term = reduce(s.pow(p), dim=-1).pow(1 / p)
-    joint_term = reduce(links.amax(dim=-1).clamp_min(1e-12).pow(p), dim=-1).pow(1 / p)
+    reduce_links = torch.mean if links_normalise == "mean" else torch.sum
+    reduce_joints = torch.mean if joints_normalise == "mean" else torch.sum
+    link_term = reduce_links(s.pow(p), dim=-1).pow(1 / p)
+    joint_term = reduce_joints(links.amax(dim=-1).clamp_min(1e-12).pow(p), dim=-1).pow(1 / p)
     return link_term.mean(), joint_term.mean()
 
 
@@ -216,3 +229,40 @@ def total_loss(terms: dict[str, torch.Tensor], weights: LossWeights, step: int,
     """sum_k weight_k(step) * terms[k] over the LossWeights fields."""
     w = effective_weights(weights, step, ramp_steps)
     return sum(w[k] * terms[k] for k in w)
+
+
+# ---------------------------------------------------------------- what the structure loss prefers
+
+def fit_links(source_points: torch.Tensor, target_points: torch.Tensor, weights: LossWeights,
+              steps: int = 400, lr: float = 0.05, sparse_p: float = 0.5,
+              links_normalise: str = "mean", joints_normalise: str = "sum",
+              near_scale: float = 0.1, near_temperature: float = 0.1,
+              exclude_endpoints: bool = True, l_min: float = 0.1, l_max: float = 1.0) -> torch.Tensor:
+    """Link probabilities S [P, P] that minimise the structure terms (near, sparse, length, at
+    full weight) for fixed points, one free logit per pair, by Adam from S = 0.5.
+
+    *_points: [B, P, 2] normalised, B frame pairs of one object sharing one skeleton. No network
+    and no image: this shows which skeleton a loss setting prefers when the points are given
+    (e.g. on a ground-truth skeleton), apart from how psi learns. ``uniform`` needs location
+    maps and is left out."""
+    p = source_points.shape[1]
+    i, j = upper_pairs(p, source_points.device)
+    z = torch.zeros(len(i), device=source_points.device, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=lr)
+
+    def links():
+        s = source_points.new_zeros(p, p)
+        s[i, j] = torch.sigmoid(z)
+        return (s + s.T).expand(source_points.shape[0], p, p)
+
+    for _ in range(steps):
+        s = links()
+        sl, sj = sparse_losses(s, sparse_p, links_normalise, joints_normalise)
+        loss = (weights.near * near_loss(s, source_points, target_points, near_scale,
+                                         near_temperature, exclude_endpoints)
+                + weights.sparse_links * sl + weights.sparse_joints * sj
+                + weights.length * length_loss(s, source_points, target_points, l_min, l_max))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return links()[0].detach()

@@ -61,9 +61,12 @@ class SkeletonConfig:
     uniform_alpha: float = 0.8
     uniform_tau: float = 1.0        # open: length scale (pixels) of the line mask exp(-d / tau)
     sparse_p: float = 0.5           # open: exponent 0 < p < 1 of the sparsity loss
-    sparse_normalise: str = "mean"  # open: "mean" or "sum" (the literal eq. 4) over pairs/points
+    sparse_links_normalise: str = "mean"  # open: "mean" over pairs or "sum" (literal eq. 4)
+    sparse_joints_normalise: str = "sum"  # open: "sum" over points (literal eq. 4) or "mean"
     near_scale: float = 0.1         # open: unit of d in exp(-d) of the near loss (normalised)
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
+    near_exclude_endpoints: bool = True   # open: a link explains only points other than its
+                                          # own two endpoints ("the remaining foreground points")
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
@@ -285,13 +288,15 @@ class SkeletonModel(nn.Module):
         """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights."""
         c = self.config
         s, ps, pt = out["links"], out["source_points"], out["target_points"]
-        sparse_links, sparse_joints = L.sparse_losses(s, c.sparse_p, c.sparse_normalise)
+        sparse_links, sparse_joints = L.sparse_losses(s, c.sparse_p, c.sparse_links_normalise,
+                                                     c.sparse_joints_normalise)
         coverage = [L.link_coverage(pts, L.foreground_evidence(maps, c.uniform_pool), c.uniform_tau)
                     for pts, maps in ((ps, out["source_maps"]), (pt, out["target_maps"]))]
         return {
             "recon": L.pyramid_mse(out["reconstruction"], target, c.pyramid_levels),
             "contiguity": L.contiguity_loss(out["source_maps"], out["target_maps"], c.contiguity_pool),
-            "near": L.near_loss(s, ps, pt, c.near_scale, c.near_temperature),
+            "near": L.near_loss(s, ps, pt, c.near_scale, c.near_temperature,
+                                c.near_exclude_endpoints),
             "sparse_joints": sparse_joints,
             "sparse_links": sparse_links,
             "uniform": L.uniform_loss(s, coverage, c.uniform_alpha),
