@@ -38,7 +38,7 @@ from kpray.train.config import ConfigError, TrainConfig, merge, resolve
 SPACE_FILE = "kpray-search.json"
 
 # Grids that cover the paper's selected weights (supplementary VIII) for every dataset; the joint
-# weight also goes to 0.3 and 1, where our loss choices prefer the true skeleton given true points
+# weight also goes to 0.3 and 1, where our loss prefers the true skeleton given points on it
 # (benchmarks/structure_optimum.py; the paper's own choices there are unknown).
 SKELETON_GRID = {
     "recon": [1.0, 10.0, 100.0],

@@ -161,12 +161,13 @@ def _bending_chain(n_between: int = 3, angles=(0.0, 0.5, 1.0, 1.5)):
     return torch.stack(frames), {(0, 1), (1, 2)}
 
 
-def test_structure_loss_prefers_the_true_skeleton():
+@pytest.mark.parametrize("exclude_endpoints", [False, True])
+def test_structure_loss_prefers_the_true_skeleton(exclude_endpoints):
     # Every (straight, bent) pair; the free links that minimise near + sparse + length must be
     # exactly A-B and B-C: the points in between are explained, and a link A-C bends away.
     pts, truth = _bending_chain()
     src, tgt = pts[[0, 0, 0]], pts[[1, 2, 3]]
     w = dataclasses.replace(L.PRESETS["cartpoles"], sparse_joints=1.0)
-    s = L.fit_links(src, tgt, w)
+    s = L.fit_links(src, tgt, w, exclude_endpoints=exclude_endpoints)
     found = {(a, b) for a in range(s.shape[0]) for b in range(a + 1, s.shape[0]) if s[a, b] >= 0.5}
     assert found == truth, found

@@ -237,7 +237,7 @@ def fit_links(source_points: torch.Tensor, target_points: torch.Tensor, weights:
               steps: int = 400, lr: float = 0.05, sparse_p: float = 0.5,
               links_normalise: str = "mean", joints_normalise: str = "sum",
               near_scale: float = 0.1, near_temperature: float = 0.1,
-              exclude_endpoints: bool = True, l_min: float = 0.1, l_max: float = 1.0) -> torch.Tensor:
+              exclude_endpoints: bool = False, l_min: float = 0.1, l_max: float = 1.0) -> torch.Tensor:
     """Link probabilities S [P, P] that minimise the structure terms (near, sparse, length, at
     full weight) for fixed points, one free logit per pair, by Adam from S = 0.5.
 

@@ -65,8 +65,8 @@ class SkeletonConfig:
     sparse_joints_normalise: str = "sum"  # open: "sum" over points (literal eq. 4) or "mean"
     near_scale: float = 0.1         # open: unit of d in exp(-d) of the near loss (normalised)
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
-    near_exclude_endpoints: bool = True   # open: a link explains only points other than its
-                                          # own two endpoints ("the remaining foreground points")
+    near_exclude_endpoints: bool = False  # open: True: a link explains only points other than
+                                          # its two endpoints; helps at P = 16, not at P = 32
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
