@@ -73,8 +73,8 @@ def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: t
     coordinates; the paper writes exp(-d) with the unit unstated); `temperature` that of the
     softmax in the relaxation of the max. exclude_endpoints: link (i, j) does not count for
     points i and j themselves, so links are rewarded only for explaining "the remaining
-    foreground points" (section I); otherwise every point is trivially explained by becoming a
-    joint (d = 0), and a matching of all P points beats any skeleton."""
+    foreground points" (section I); otherwise a point is also explained by becoming a joint
+    (d = 0). Which is better depends on P and the weights: benchmarks/structure_optimum.py."""
     p = links.shape[-1]
     i, j = upper_pairs(p, links.device)
     s = links[:, i, j]                                                      # [B, E]
