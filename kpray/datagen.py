@@ -247,6 +247,10 @@ def render_env() -> dict:
             "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS", "0")}
 
 
+def _open_lock(out: str) -> int:
+    return os.open(os.path.join(out, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+
+
 def hold_writer_lock(out: str) -> int:
     """Take a shared lock on ``out``'s lock file for this process's life; returns its fd.
 
@@ -254,7 +258,7 @@ def hold_writer_lock(out: str) -> int:
     multi-node cluster it guards only the writers on the driver's node unless the shared file
     system passes flock through, as NFSv4 and Lustre do.)
     """
-    fd = os.open(os.path.join(out, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(out)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
 
@@ -264,7 +268,7 @@ def wait_for_writers(out: str, timeout_s: float) -> int:
 
     Raises GenError after ``timeout_s``: another run (or its still-exiting workers) is writing.
     """
-    fd = os.open(os.path.join(out, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(out)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
