@@ -165,6 +165,34 @@ def test_skeleton_ramp_and_temperature():
         SkeletonConfig.from_preset("nope")
 
 
+def test_skeleton_without_gumbel_noise_is_deterministic():
+    torch.manual_seed(0)
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    plain = tiny_skeleton(gumbel_noise=False)
+    a = plain.run(src, tgt, step=0)["source_maps"]
+    torch.manual_seed(123)                                  # another draw of the noise, if any
+    assert torch.equal(a, plain.run(src, tgt, step=0)["source_maps"])
+    noisy = tiny_skeleton()
+    noisy.load_state_dict(plain.state_dict())
+    assert not torch.allclose(noisy.run(src, tgt, step=0)["source_maps"], a)
+
+
+@pytest.mark.parametrize("moves", [True, False])
+def test_near_and_length_move_the_points_only_when_asked(moves):
+    torch.manual_seed(0)
+    model = tiny_skeleton(structure_moves_points=moves)
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    out = model.run(src, tgt, step=0)
+    for k in ("source_points", "target_points", "links"):
+        out[k].retain_grad()
+    terms = model.loss_terms(out, tgt)
+    (terms["near"] + terms["length"]).backward()
+    assert out["links"].grad.abs().sum() > 0               # links are always trained by them
+    for k in ("source_points", "target_points"):
+        g = out[k].grad
+        assert (g is not None and g.abs().sum() > 0) == moves, k
+
+
 def test_skeleton_optimisation_lowers_loss():
     torch.manual_seed(0)
     model = tiny_skeleton(lr=5e-3)

@@ -44,6 +44,7 @@ class SkeletonConfig:
     gumbel_tau_end: float = 0.5     # ... annealed geometrically to this ...
     gumbel_anneal_steps: int = 10_000  # ... over these steps (0: constant gumbel_tau_start)
     gumbel_hard: bool = False       # straight-through one-hot samples instead of soft ones
+    gumbel_noise: bool = True       # False: plain tempered softmax in training (no Gumbel sample)
     # psi and B (open: widths)
     psi_width: int = 32
     background_width: int = 32
@@ -67,6 +68,8 @@ class SkeletonConfig:
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
     near_exclude_endpoints: bool = False  # open: True: a link explains only points other than
                                           # its two endpoints; helps at P = 16, not at P = 32
+    structure_moves_points: bool = True  # open: False stops the gradients of near and length at
+                                         # the points, so only reconstruction and contiguity move pi
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
@@ -273,7 +276,7 @@ class SkeletonModel(nn.Module):
         c = self.config
         tau = self.gumbel_temperature(step)
         logits = self.pi(torch.cat([source, target]))                      # one pass: shared BN
-        maps = gumbel_location_maps(logits, tau, hard=c.gumbel_hard)
+        maps = gumbel_location_maps(logits, tau, hard=c.gumbel_hard, noise=c.gumbel_noise)
         source_maps, target_maps = maps.chunk(2)
         links = self.psi(source, source_maps)
         background = self.background(target)
@@ -288,6 +291,8 @@ class SkeletonModel(nn.Module):
         """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights."""
         c = self.config
         s, ps, pt = out["links"], out["source_points"], out["target_points"]
+        if not c.structure_moves_points:
+            ps, pt = ps.detach(), pt.detach()
         sparse_links, sparse_joints = L.sparse_losses(s, c.sparse_p, c.sparse_links_normalise,
                                                      c.sparse_joints_normalise)
         coverage = [L.link_coverage(pts, L.foreground_evidence(maps, c.uniform_pool), c.uniform_tau)
