@@ -69,7 +69,8 @@ class SkeletonConfig:
     near_exclude_endpoints: bool = False  # open: True: a link explains only points other than
                                           # its two endpoints; helps at P = 16, not at P = 32
     structure_moves_points: bool = True  # open: False stops the gradients of near and length at
-                                         # the points, so only reconstruction and contiguity move pi
+                                         # the point coordinates (they still reach pi through
+                                         # psi's input maps), so they cannot pull points together
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
