@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from kpray.data import iter_episodes  # noqa: E402
 from kpray.models.skeleton import gumbel_location_maps  # noqa: E402
-from kpray.train.config import TrainConfig  # noqa: E402
+from kpray.train.cli import parse_set_items  # noqa: E402
+from kpray.train.config import ConfigError, TrainConfig  # noqa: E402
 from kpray.train.data import make_loader, to_device  # noqa: E402
 from kpray.train.models import get_adapter  # noqa: E402
 
@@ -80,9 +81,10 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     mc = dict(pi_width=16, psi_width=16, background_width=16, num_points=16,
               gumbel_anneal_steps=args.steps, weights=dict(NO_STRUCTURE))
-    for item in args.set:
-        k, _, v = item.partition("=")
-        mc[k] = json.loads(v)
+    try:
+        mc.update(parse_set_items(args.set))
+    except ConfigError as e:
+        raise SystemExit(f"points_on_object.py: error: {e}") from None
     cfg = TrainConfig(model="skeleton", data=args.data, preset="cartpoles", model_config=mc)
     adapter = get_adapter("skeleton")
     model = adapter.build(cfg)
