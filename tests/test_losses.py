@@ -28,8 +28,15 @@ def links_matrix(p, pairs):
 
 def test_pyramid_mse_constant_offset():
     target = torch.rand(2, 3, 64, 64)
-    assert torch.isclose(L.pyramid_mse(target + 0.1, target, levels=5), torch.tensor(5 * 0.01))
+    # per-pixel mean: 0.01 at each of the 5 levels
+    assert torch.isclose(L.pyramid_mse(target + 0.1, target, 5, "mean"), torch.tensor(5 * 0.01))
+    # eq. 1's squared norm: 0.01 per value, 3 channels x (64^2 + 32^2 + 16^2 + 8^2 + 4^2) values
+    expected = 0.01 * 3 * (4096 + 1024 + 256 + 64 + 16)
+    assert torch.isclose(L.pyramid_mse(target + 0.1, target, 5, "sum"), torch.tensor(expected))
+    assert torch.isclose(L.pyramid_mse(target + 0.1, target, 5), torch.tensor(expected))  # default
     assert L.pyramid_mse(target, target) == 0
+    with pytest.raises(ValueError, match="reduction"):
+        L.pyramid_mse(target, target, 5, "max")
 
 
 def test_neighbours_and_contiguity():
@@ -171,3 +178,56 @@ def test_structure_loss_prefers_the_true_skeleton(exclude_endpoints):
     s = L.fit_links(src, tgt, w, exclude_endpoints=exclude_endpoints)
     found = {(a, b) for a in range(s.shape[0]) for b in range(a + 1, s.shape[0]) if s[a, b] >= 0.5}
     assert found == truth, found
+
+
+def soft_maps(pixels, size=32, peak=0.5):
+    """Location maps [1, P, size, size] whose most likely pixel holds `peak` and whose 4
+    neighbours share the rest, as a soft (non-one-hot) map does."""
+    maps = torch.zeros(1, len(pixels), size, size)
+    for p, (x, y) in enumerate(pixels):
+        maps[0, p, y, x] = peak
+        for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            maps[0, p, y + dy, x + dx] = (1 - peak) / 4
+    return maps
+
+
+def test_uniform_evidence_peak_normalised_separates_gaps():
+    """With soft maps (peak 0.5) the raw evidence never reaches alpha = 0.8, so every link counts
+    as having a gap; normalised by each map's peak, a link along points is covered and one
+    across a gap is not."""
+    size = 32
+    maps = soft_maps([(x, 8) for x in range(4, 28, 2)], size)
+    pts = to_normalised(torch.tensor([[[4.0, 8.0], [26.0, 8.0], [26.0, 28.0]]]), size)
+    raw = L.link_coverage(pts, L.foreground_evidence(maps, 5, "raw"), tau=1.0)[0]
+    peak = L.link_coverage(pts, L.foreground_evidence(maps, 5, "peak"), tau=1.0)[0]
+    assert (raw < 0.8).all()                                   # the degenerate literal reading
+    assert peak[0] >= 0.8 and peak[1] < 0.8 and peak[2] < 0.8  # along the points / across gaps
+    s = links_matrix(3, {(0, 1): 0.9, (0, 2): 0.2, (1, 2): 0.6})
+    assert torch.isclose(L.uniform_loss(s, [raw[None]]), torch.tensor((0.9 + 0.2 + 0.6) / 3))
+    assert torch.isclose(L.uniform_loss(s, [peak[None]]), torch.tensor((0.2 + 0.6) / 2))
+    with pytest.raises(ValueError, match="evidence mode"):
+        L.foreground_evidence(maps, 5, "sum")
+
+
+def test_near_endpoint_credit_and_softmax_max():
+    pts = torch.tensor([[[-0.5, 0.0], [0.5, 0.0], [0.0, 0.0]]])     # point 2 on link (0, 1)
+    s = links_matrix(3, {(0, 1): 1.0})
+    # endpoints 0 and 1 get the credit, point 2 gets 1; two frames
+    for credit in (0.0, 0.5, 1.0):
+        v = L.near_loss(s, pts, pts, scale=0.1, endpoint_credit=credit)
+        assert torch.isclose(v, torch.tensor(-2 * (1 + 2 * credit)), atol=1e-5)
+    assert torch.isclose(L.near_loss(s, pts, pts, exclude_endpoints=True, endpoint_credit=0.5),
+                         torch.tensor(-2.0), atol=1e-5)         # exclude wins: credit 0
+    # two links explain a point equally well (x = 1, 1, 0.2): the straight-through max gives
+    # the arg-max all of the gradient, the softmax max splits it between the tied links
+    grads = {}
+    for name, fn in (("st", L._straight_through_max), ("soft", L._soft_max)):
+        x = torch.tensor([1.0, 1.0, 0.2], requires_grad=True)
+        fn(x, 0.1).backward()
+        grads[name] = x.grad
+    assert grads["st"][0] == pytest.approx(1.0, abs=0.01) and grads["st"][1] == pytest.approx(0.0, abs=0.01)
+    assert grads["soft"][0] == pytest.approx(grads["soft"][1]) and 0.4 < grads["soft"][0] < 0.6
+    v = L.near_loss(s, pts, pts, scale=0.1, endpoint_credit=1.0, max_mode="softmax")
+    assert -6 < float(v) < -2                                  # a relaxation: below the hard max
+    with pytest.raises(ValueError, match="max_mode"):
+        L.near_loss(s, pts, pts, max_mode="hard")

@@ -24,14 +24,28 @@ from kpray.ops.edge_map import segment_distance2, upper_pairs
 
 # ---------------------------------------------------------------- reconstruction, eq. (1)
 
-def pyramid_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 5) -> torch.Tensor:
-    """pred, target: [B, C, H, W] -> sum over a `levels`-level pyramid (2x average pooling between
-    levels, 64 -> 32 -> 16 -> 8 -> 4 by default) of the mean squared error."""
+RECON_REDUCTIONS = ("sum", "mean")
+
+
+def pyramid_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 5,
+                reduction: str = "sum") -> torch.Tensor:
+    """pred, target: [B, C, H, W] -> the squared error summed over a `levels`-level pyramid (2x
+    average pooling between levels, 64 -> 32 -> 16 -> 8 -> 4 by default), mean over the batch.
+
+    reduction "sum": each level's squared norm ||x - y||^2 over pixels and channels, as eq. 1
+    writes it (the reading under which the paper's weights, recon 10 against near 10 and length
+    100-1000, give gradients of one order on pi: benchmarks/loss_balance.py); "mean": each level's
+    per-pixel mean squared error (3 * 64 * 64 = 12288 times smaller at the finest level)."""
+    if reduction not in RECON_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {RECON_REDUCTIONS}, got {reduction!r}")
     total = pred.new_zeros(())
     for level in range(levels):
         if level:
             pred, target = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
-        total = total + F.mse_loss(pred, target)
+        if reduction == "mean":
+            total = total + F.mse_loss(pred, target)
+        else:
+            total = total + (pred - target).pow(2).sum(dim=(1, 2, 3)).mean()
     return total
 
 
@@ -55,6 +69,15 @@ def contiguity_loss(source_maps: torch.Tensor, target_maps: torch.Tensor, pool: 
 
 # ---------------------------------------------------------------- near, eq. (3)
 
+NEAR_MAX_MODES = ("straight_through", "softmax")
+
+
+def _soft_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """x . softmax(x / T) over the last dim, forward and backward: tied maxima share the
+    gradient instead of the first of them taking all of it."""
+    return (x * torch.softmax(x / temperature, dim=-1)).sum(dim=-1)
+
+
 def _straight_through_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
     """max over the last dim in the forward pass; gradient of x . softmax(x / T) (eq. 3's
     "argmax . softmax" relaxation: the hard arg-max selects, the softmax spreads gradient)."""
@@ -65,7 +88,8 @@ def _straight_through_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor,
               scale: float = 0.1, temperature: float = 0.1,
-              exclude_endpoints: bool = False) -> torch.Tensor:
+              exclude_endpoints: bool = False, endpoint_credit: float = 1.0,
+              max_mode: str = "straight_through") -> torch.Tensor:
     """-sum_f sum_p max_ij S_ij exp(-d^f[p||i,j] / scale) (eq. 3).
 
     links: [B, P, P]; *_points: [B, P, 2] normalised. d is the distance from point p to the
@@ -74,12 +98,24 @@ def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: t
     softmax in the relaxation of the max. exclude_endpoints: link (i, j) does not count for
     points i and j themselves, so links are rewarded only for explaining "the remaining
     foreground points" (section I); otherwise a point is also explained by becoming a joint
-    (d = 0). Which is better depends on P and the weights: benchmarks/structure_optimum.py."""
+    (d = 0). Which is better depends on P and the weights: benchmarks/structure_optimum.py.
+    endpoint_credit in [0, 1]: what a link's own endpoints get from it, between excluded (0,
+    the same as exclude_endpoints) and the literal d = 0 (1). Below 1, a perfect matching of the
+    points (every point an endpoint, the literal loss's image-independent optimum) no longer
+    scores as well as a skeleton whose links pass through the points.
+    max_mode: "straight_through" (the paper's relaxation: the arg-max link takes the gradient)
+    or "softmax" (x . softmax(x / temperature) in both passes: links that explain a point
+    equally well share its gradient, so a redundant link gets less than a needed one)."""
+    if max_mode not in NEAR_MAX_MODES:
+        raise ValueError(f"max_mode must be one of {NEAR_MAX_MODES}, got {max_mode!r}")
+    relaxed_max = _straight_through_max if max_mode == "straight_through" else _soft_max
+    if exclude_endpoints:
+        endpoint_credit = 0.0
     p = links.shape[-1]
     i, j = upper_pairs(p, links.device)
     s = links[:, i, j]                                                      # [B, E]
     own = None
-    if exclude_endpoints:
+    if endpoint_credit != 1.0:
         idx = torch.arange(p, device=links.device)[:, None]
         own = (idx == i[None]) | (idx == j[None])                           # [P, E]
     total = links.new_zeros(())
@@ -87,8 +123,8 @@ def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: t
         d2 = segment_distance2(pts[:, :, None], pts[:, None, i], pts[:, None, j])  # [B, P, E]
         near = s[:, None] * torch.exp(-(d2 + 1e-12).sqrt() / scale)
         if own is not None:
-            near = near.masked_fill(own, 0.0)
-        total = total - _straight_through_max(near, temperature).sum(dim=-1).mean()
+            near = torch.where(own, near * endpoint_credit, near)
+        total = total - relaxed_max(near, temperature).sum(dim=-1).mean()
     return total
 
 
@@ -118,8 +154,20 @@ def sparse_losses(links: torch.Tensor, p: float = 0.5, links_normalise: str = "m
 
 # ---------------------------------------------------------------- uniform, eq. (5) and (7)
 
-def foreground_evidence(location_maps: torch.Tensor, pool: int = 5) -> torch.Tensor:
-    """pi-bar = max_p maxpool(pi_p): [B, P, H, W] -> [B, H, W], is any point near each pixel."""
+EVIDENCE_MODES = ("peak", "raw")
+
+
+def foreground_evidence(location_maps: torch.Tensor, pool: int = 5, mode: str = "peak") -> torch.Tensor:
+    """pi-bar = max_p maxpool(pi_p): [B, P, H, W] -> [B, H, W], is any point near each pixel.
+
+    mode "raw": the location maps as they are (literal supp. VI-b). They are probabilities, so a
+    soft map peaks well below 1 (0.47-0.69 measured at P = 16) and no link ever reaches the
+    coverage alpha = 0.8: eq. 5 then penalises every link alike. "peak": each map divided by its
+    own maximum first, so a point's most likely pixel counts 1 whatever the map's sharpness."""
+    if mode not in EVIDENCE_MODES:
+        raise ValueError(f"evidence mode must be one of {EVIDENCE_MODES}, got {mode!r}")
+    if mode == "peak":
+        location_maps = location_maps / location_maps.amax(dim=(-1, -2), keepdim=True).clamp_min(1e-12)
     return F.max_pool2d(location_maps, pool, stride=1, padding=pool // 2).amax(dim=1)
 
 
@@ -208,6 +256,19 @@ PRESETS: dict[str, LossWeights] = {
     "swimmers":     LossWeights(10, 0.001, 10, 0.1, 7000, 20, 1000),
     "human36m":     LossWeights(10, 0.001, 10, 0.0002, 7000, 16, 1000),
 }
+
+# Datasets and body kinds of ``sim`` -> the row of the weight table that fits them.
+_DATASET_PRESETS = {"cartpole": "cartpoles", "spider": "spiders", "swimmer": "swimmers",
+                    "walker": "mwhc", "hopper": "mwhc", "cheetah": "mwhc", "manipulator": "mwhc"}
+
+
+def preset_for_dataset(name: str) -> str | None:
+    """A dataset name (``cartpoles``, ``cartpole:3``, ``walker``, ...) -> its PRESETS row, or None."""
+    key = str(name).strip().lower()
+    if key in PRESETS:
+        return key
+    return _DATASET_PRESETS.get(key.partition(":")[0])
+
 
 # The paper ramps these linearly from 0 over the first 10k iterations.
 RAMPED_TERMS = ("sparse_joints", "sparse_links", "uniform")
