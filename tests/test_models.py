@@ -157,9 +157,10 @@ def test_skeleton_shapes_and_gradients():
 
 
 def test_skeleton_ramp_and_temperature():
-    model = tiny_skeleton()
+    model = tiny_skeleton(gumbel_tau_start=1.0, gumbel_tau_end=0.5)
     assert model.gumbel_temperature(0) == 1.0
     assert model.gumbel_temperature(10_000) == pytest.approx(0.5)
+    assert tiny_skeleton().gumbel_temperature(5000) == pytest.approx(0.1)   # default: constant
     assert SkeletonConfig.from_preset("swimmers").loss_weights().sparse_links == 7000
     with pytest.raises(ValueError):
         SkeletonConfig.from_preset("nope")
@@ -172,7 +173,7 @@ def test_skeleton_without_gumbel_noise_is_deterministic():
     a = plain.run(src, tgt, step=0)["source_maps"]
     torch.manual_seed(123)                                  # another draw of the noise, if any
     assert torch.equal(a, plain.run(src, tgt, step=0)["source_maps"])
-    noisy = tiny_skeleton()
+    noisy = tiny_skeleton(gumbel_noise=True)
     noisy.load_state_dict(plain.state_dict())
     assert not torch.allclose(noisy.run(src, tgt, step=0)["source_maps"], a)
 
@@ -180,7 +181,7 @@ def test_skeleton_without_gumbel_noise_is_deterministic():
 @pytest.mark.parametrize("moves", [True, False])
 def test_near_and_length_move_the_points_only_when_asked(moves):
     torch.manual_seed(0)
-    model = tiny_skeleton(structure_moves_points=moves)
+    model = tiny_skeleton(structure_moves_points=moves, psi_target="loss")
     src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     out = model.run(src, tgt, step=0)
     for k in ("source_points", "target_points", "links"):
@@ -208,3 +209,62 @@ def test_skeleton_optimisation_lowers_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
+
+
+def test_psi_point_channels_peak_and_detach():
+    torch.manual_seed(0)
+    maps = torch.softmax(torch.randn(2, 6, 64 * 64), -1).view(2, 6, 64, 64).requires_grad_(True)
+    peak = tiny_skeleton().psi.point_channels(maps)
+    assert torch.allclose(peak.amax(dim=(-1, -2)), torch.ones(2, 6))      # the point's pixel = 1
+    raw = tiny_skeleton(psi_maps="raw").psi.point_channels(maps)
+    assert torch.equal(raw, maps) and raw.max() < 0.05                    # probabilities
+    img = torch.rand(2, 3, 64, 64)
+    for detach in (False, True):
+        model = tiny_skeleton(psi_detach_maps=detach)
+        model.psi(img, maps).sum().backward()
+        assert (maps.grad is not None and maps.grad.abs().sum() > 0) == (not detach)
+        maps.grad = None
+    with pytest.raises(ValueError, match="psi_maps"):
+        tiny_skeleton(psi_maps="gauss")
+
+
+def test_link_sigmoid_gradient_floor():
+    from kpray.models.skeleton import link_sigmoid
+
+    z = torch.tensor([12.0, 0.0, -12.0], requires_grad=True)
+    link_sigmoid(z, 0.1).sum().backward()
+    assert torch.allclose(z.grad, torch.tensor([0.1, 0.25, 0.1]))
+    z.grad = None
+    link_sigmoid(z, 0.0).sum().backward()
+    assert z.grad[0] < 1e-5 and torch.equal(link_sigmoid(z, 0.1), torch.sigmoid(z))
+
+
+def test_paper_literal_config():
+    from kpray.models.skeleton import PAPER_LITERAL
+
+    lit = SkeletonConfig.paper_literal("swimmers")
+    assert lit.preset == "swimmers" and lit.gumbel_noise and lit.structure_moves_points
+    assert lit.uniform_evidence == "raw" and lit.psi_maps == "raw" and lit.recon_reduction == "sum"
+    ours = SkeletonConfig()
+    assert all(getattr(lit, k) == v for k, v in PAPER_LITERAL.items())
+    assert any(getattr(ours, k) != v for k, v in PAPER_LITERAL.items())   # the defaults depart
+    assert SkeletonConfig.paper_literal(num_points=8).num_points == 8
+
+
+def test_psi_fit_target_trains_psi_by_bce_only():
+    """psi_target="fit": psi_fit (BCE to each sample's own structure-loss minimiser) is the only
+    term reaching psi; the structure terms see its links detached."""
+    torch.manual_seed(0)
+    model = tiny_skeleton(psi_target="fit", psi_fit_steps=20)
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    out = model.run(src, tgt, step=0)
+    out["links"].retain_grad()
+    terms = model.loss_terms(out, tgt)
+    assert "psi_fit" in terms and 0 < float(terms["psi_fit"]) < 10
+    structure = terms["near"] + terms["sparse_joints"] + terms["uniform"] + terms["length"]
+    assert not structure.requires_grad                      # links and points both detached
+    terms["psi_fit"].backward()
+    assert out["links"].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="psi_target"):
+        m = tiny_skeleton(psi_target="both")
+        m.loss_terms(m.run(src, tgt), tgt)

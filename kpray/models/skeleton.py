@@ -40,13 +40,32 @@ class SkeletonConfig:
     num_points: int = 32            # open: P; >= the 17 joints of an 8-legged spider, with slack
     # pi and its Gumbel-softmax (open: temperature and annealing)
     pi_width: int = 32              # U-Net channels at full resolution (x2 per down step, 4 steps)
-    gumbel_tau_start: float = 1.0   # temperature at step 0 ...
-    gumbel_tau_end: float = 0.5     # ... annealed geometrically to this ...
+    gumbel_tau_start: float = 0.1   # temperature at step 0 ...
+    gumbel_tau_end: float = 0.1     # ... annealed geometrically to this ...
     gumbel_anneal_steps: int = 10_000  # ... over these steps (0: constant gumbel_tau_start)
     gumbel_hard: bool = False       # straight-through one-hot samples instead of soft ones
-    gumbel_noise: bool = True       # False: plain tempered softmax in training (no Gumbel sample)
-    # psi and B (open: widths)
+    gumbel_noise: bool = False      # True: Gumbel samples (paper); False: plain tempered softmax
+                                    # (the noise drives the points off the object at P = 16)
+    # psi and B (open: widths, how psi sees the points)
     psi_width: int = 32
+    psi_maps: str = "peak"          # open: psi's point channels: "peak" (each location map over
+                                    # its max, the point's pixel = 1) or "raw" (probabilities,
+                                    # ~1e-4 per pixel: 6-9 % of psi's first-layer response)
+    psi_detach_maps: bool = True    # open: True: no gradient from psi's losses into pi through
+                                    # psi's input maps
+    psi_head: str = "fc"            # open: "fc" (paper: one output per pair) or "pairwise" (one
+                                    # head shared by all pairs, reading the image along each pair)
+    psi_pair_samples: int = 5       # open: places sampled along a pair (pairwise head)
+    psi_target: str = "fit"         # open: "loss" (paper: psi minimises the structure terms
+                                    # through its shared weights) or "fit" (psi regresses, by
+                                    # BCE, each sample's own minimiser of the same terms)
+    psi_fit_steps: int = 100        # open: Adam steps of that per-sample fit, from S = 0.5
+                                    # (not from psi's guess, which it would only confirm)
+    psi_fit_lr: float = 0.4         # open: its learning rate
+    psi_fit_weight: float = 1.0     # open: weight of psi_fit in the total loss
+    link_grad_floor: float = 0.0    # open: least slope of the link sigmoid in backward; 0: plain
+                                    # sigmoid (links saturate at 0/1 within 50 steps and stop
+                                    # learning)
     background_width: int = 32
     background_latent: int = 64
     # neural point transporter (open: splat and compositing constants)
@@ -57,10 +76,14 @@ class SkeletonConfig:
     preset: str = "cartpoles"       # row of the paper's weight table: see L.PRESETS
     weights: L.LossWeights | None = None  # overrides the preset's weights when given
     pyramid_levels: int = 5
+    recon_reduction: str = "sum"    # open: eq. 1's squared norm, "sum" over pixels (literal) or
+                                    # per-pixel "mean" (12288x smaller at 64x64)
     contiguity_pool: int = 7        # beta
     uniform_pool: int = 5
     uniform_alpha: float = 0.8
     uniform_tau: float = 1.0        # open: length scale (pixels) of the line mask exp(-d / tau)
+    uniform_evidence: str = "peak"  # open: "peak" (each map over its max) or "raw" (literal;
+                                    # probabilities never reach alpha, eq. 5 becomes mean(S))
     sparse_p: float = 0.5           # open: exponent 0 < p < 1 of the sparsity loss
     sparse_links_normalise: str = "mean"  # open: "mean" over pairs or "sum" (literal eq. 4)
     sparse_joints_normalise: str = "sum"  # open: "sum" over points (literal eq. 4) or "mean"
@@ -68,7 +91,11 @@ class SkeletonConfig:
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
     near_exclude_endpoints: bool = False  # open: True: a link explains only points other than
                                           # its two endpoints; helps at P = 16, not at P = 32
-    structure_moves_points: bool = True  # open: False stops the gradients of near and length at
+    near_max: str = "straight_through"  # open: relaxation of eq. 3's max: "straight_through"
+                                        # (paper: argmax . softmax) or "softmax" (shared by ties)
+    near_endpoint_credit: float = 0.5  # open: a link's value to its own endpoints in eq. 3, from
+                                       # 0 (= exclude_endpoints) to 1 (literal: d = 0)
+    structure_moves_points: bool = False  # open: False stops the gradients of near and length at
                                          # the point coordinates (they still reach pi through
                                          # psi's input maps), so they cannot pull points together
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
@@ -83,6 +110,11 @@ class SkeletonConfig:
     link_threshold: float = 0.5     # a link exists where S >= this (evaluation)
 
     @classmethod
+    def paper_literal(cls, preset: str = "cartpoles", **overrides) -> "SkeletonConfig":
+        """The paper's text read literally where our defaults depart from it (PAPER_LITERAL)."""
+        return cls.from_preset(preset, **{**PAPER_LITERAL, **overrides})
+
+    @classmethod
     def from_preset(cls, preset: str, **overrides) -> "SkeletonConfig":
         if preset not in L.PRESETS:
             raise ValueError(f"unknown preset {preset!r}; one of {sorted(L.PRESETS)}")
@@ -95,6 +127,29 @@ class SkeletonConfig:
         d = asdict(self)
         d["weights"] = self.loss_weights().as_dict()
         return d
+
+
+# Where the defaults above depart from a literal reading of the paper, and what it says instead
+# (or, where it is silent, the reading closest to its text). Measured reasons: docs/benchmarks.md.
+# Selected with ``--literal`` (jobs/train_skeleton.py, jobs/tune_skeleton.py) or
+# ``SkeletonConfig.paper_literal()``.
+PAPER_LITERAL: dict = {
+    "gumbel_noise": True,            # Gumbel-softmax samples
+    "gumbel_tau_start": 1.0,         # (temperatures unstated; 1 -> 0.5 annealed)
+    "gumbel_tau_end": 0.5,
+    "structure_moves_points": True,  # every loss reaches every network
+    "psi_maps": "raw",               # "sampled foreground points (represented as heatmaps)"
+    "psi_detach_maps": False,
+    "uniform_evidence": "raw",       # pi-bar = max_p maxpool(pi_p) of the location maps
+    "recon_reduction": "sum",        # eq. 1: a squared norm
+    "sparse_links_normalise": "sum",  # eq. 4: sums
+    "sparse_joints_normalise": "sum",
+    "near_exclude_endpoints": False,  # eq. 3: d = 0 for a link's own endpoints
+    "near_endpoint_credit": 1.0,
+    "link_grad_floor": 0.0,          # plain sigmoid
+    "psi_head": "fc",                # "a fully connected layer outputting P(P-1)/2 parameters"
+    "psi_target": "loss",            # the structure losses train psi directly
+}
 
 
 # ---------------------------------------------------------------- pi: U-Net -> location maps
@@ -118,6 +173,29 @@ def gumbel_location_maps(logits: torch.Tensor, tau: float, hard: bool = False,
 
 # ---------------------------------------------------------------- psi: skeleton predictor
 
+class _SigmoidFloor(torch.autograd.Function):
+    """sigmoid(z) forward; backward with the slope max(sigmoid'(z), floor), so a saturated link
+    probability (z far from 0) still passes gradient to the logit."""
+
+    @staticmethod
+    def forward(ctx, z, floor):
+        s = torch.sigmoid(z)
+        ctx.save_for_backward(s)
+        ctx.floor = floor
+        return s
+
+    @staticmethod
+    def backward(ctx, grad):
+        (s,) = ctx.saved_tensors
+        return grad * (s * (1 - s)).clamp_min(ctx.floor), None
+
+
+def link_sigmoid(z: torch.Tensor, grad_floor: float = 0.0) -> torch.Tensor:
+    """Link probabilities from logits z; grad_floor > 0 keeps a minimum slope in the backward
+    pass (``SkeletonConfig.link_grad_floor``); 0 is the plain sigmoid."""
+    return _SigmoidFloor.apply(z, grad_floor) if grad_floor > 0 else torch.sigmoid(z)
+
+
 class SkeletonPredictor(nn.Module):
     """(image [B, 3, H, W], location maps [B, P, H, W]) -> link probabilities S [B, P, P]:
     8 Conv-BN-LeakyReLU (kernels 7, 5, 3, 3, 3, 3, 3, 1; four of them stride 2, 64 -> 4),
@@ -126,8 +204,15 @@ class SkeletonPredictor(nn.Module):
     KERNELS = (7, 5, 3, 3, 3, 3, 3, 1)
     STRIDES = (1, 2, 2, 2, 2, 1, 1, 1)
 
-    def __init__(self, p: int, width: int = 32, image_size: int = 64):
+    MAPS = ("peak", "raw")
+
+    def __init__(self, p: int, width: int = 32, image_size: int = 64, maps: str = "peak",
+                 detach_maps: bool = False, grad_floor: float = 0.0):
         super().__init__()
+        self.grad_floor = float(grad_floor)
+        if maps not in self.MAPS:
+            raise ValueError(f"psi_maps must be one of {self.MAPS}, got {maps!r}")
+        self.maps, self.detach_maps = maps, detach_maps
         mult = (1, 1, 2, 2, 4, 4, 4, 2)
         layers, c_in = [], 3 + p
         for k, s, m in zip(self.KERNELS, self.STRIDES, mult):
@@ -140,13 +225,90 @@ class SkeletonPredictor(nn.Module):
         self.fc = nn.Linear(n_feat, p * (p - 1) // 2)
         self.p = p
 
+    def point_channels(self, location_maps: torch.Tensor) -> torch.Tensor:
+        """[B, P, H, W] location maps -> psi's point channels (see ``SkeletonConfig.psi_maps``)."""
+        if self.detach_maps:
+            location_maps = location_maps.detach()
+        if self.maps == "peak":
+            location_maps = location_maps / location_maps.amax(dim=(-1, -2), keepdim=True).clamp_min(1e-12)
+        return location_maps
+
+    def logits(self, image, location_maps) -> torch.Tensor:
+        """[B, P(P-1)/2] link logits z, pairs in ``upper_pairs`` order."""
+        x = self.conv(torch.cat([image, self.point_channels(location_maps)], dim=1)).flatten(1)
+        return self.fc(self.norm(x))
+
     def forward(self, image, location_maps):
-        x = self.conv(torch.cat([image, location_maps], dim=1)).flatten(1)
-        s = torch.sigmoid(self.fc(self.norm(x)))                      # [B, E]
+        s = link_sigmoid(self.logits(image, location_maps), self.grad_floor)   # [B, E]
         i, j = upper_pairs(self.p, s.device)
         links = s.new_zeros(s.shape[0], self.p, self.p)
         links[:, i, j] = s
         return links + links.transpose(1, 2)
+
+
+class PairwiseSkeletonPredictor(SkeletonPredictor):
+    """psi with a link head shared by all pairs (``SkeletonConfig.psi_head = "pairwise"``; the
+    paper's psi is ``SkeletonPredictor``, one fully connected output per pair).
+
+    A small conv net maps the image and the points' foreground evidence (max over the point
+    channels) to features F [B, C, H/2, W/2]. The logit of pair (i, j) is an MLP of: F sampled
+    at both points (sum and product, so the pair is unordered), the mean and the minimum of F
+    at ``samples - 2`` places between them (a gap along the segment shows in the minimum), the
+    segment's length, and learned embeddings of the two point indices (sum and product), so
+    point identities still matter. Every pair shares the weights, so what the image shows along
+    a segment decides its link; the fully connected head can only learn a per-pair offset plus
+    a small image-dependent part (measured: the same skeleton for every image)."""
+
+    def __init__(self, p: int, width: int = 32, image_size: int = 64, maps: str = "peak",
+                 detach_maps: bool = False, grad_floor: float = 0.0, samples: int = 5):
+        nn.Module.__init__(self)
+        if maps not in self.MAPS:
+            raise ValueError(f"psi_maps must be one of {self.MAPS}, got {maps!r}")
+        if samples < 3:
+            raise ValueError(f"psi_pair_samples must be >= 3, got {samples}")
+        self.maps, self.detach_maps, self.grad_floor = maps, detach_maps, float(grad_floor)
+        self.p, self.samples = p, samples
+        c = 2 * width
+
+        def block(c_in, c_out, k, stride):
+            return [nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False), nn.BatchNorm2d(c_out),
+                    nn.LeakyReLU(0.2, inplace=True)]
+
+        self.conv = nn.Sequential(*block(4, width, 5, 1), *block(width, c, 3, 2), *block(c, c, 3, 1),
+                                  *block(c, c, 3, 1))
+        self.embed = nn.Parameter(0.5 * torch.randn(p, c))
+        self.head = nn.Sequential(nn.Linear(6 * c + 1, 2 * c), nn.LeakyReLU(0.2, inplace=True),
+                                  nn.Linear(2 * c, 1))
+
+    def logits(self, image, location_maps) -> torch.Tensor:
+        maps = location_maps.detach() if self.detach_maps else location_maps
+        channels = self.point_channels(location_maps)
+        f = self.conv(torch.cat([image, channels.amax(dim=1, keepdim=True)], dim=1))  # [B, C, h, w]
+        pts = expected_location(maps)                                               # [B, P, 2]
+        i, j = upper_pairs(self.p, image.device)
+        a, b = pts[:, i], pts[:, j]                                                  # [B, E, 2]
+        t = torch.linspace(0, 1, self.samples, device=image.device, dtype=pts.dtype)
+        seg = a[:, :, None] + t[None, None, :, None] * (b - a)[:, :, None]           # [B, E, K, 2]
+        v = F.grid_sample(f, seg, align_corners=False).permute(0, 2, 3, 1)           # [B, E, K, C]
+        ends, inner = v[:, :, 0] + v[:, :, -1], v[:, :, 1:-1]
+        e_i, e_j = self.embed[i], self.embed[j]                                      # [E, C]
+        n = v.shape[0]
+        x = torch.cat([ends, v[:, :, 0] * v[:, :, -1], inner.mean(2), inner.amin(2),
+                       (e_i + e_j).expand(n, -1, -1), (e_i * e_j).expand(n, -1, -1),
+                       (b - a).norm(dim=-1, keepdim=True)], dim=-1)
+        return self.head(x).squeeze(-1)                                             # [B, E]
+
+
+PSI_HEADS = {"fc": SkeletonPredictor, "pairwise": PairwiseSkeletonPredictor}
+
+
+def make_psi(c: "SkeletonConfig") -> SkeletonPredictor:
+    """The skeleton predictor that ``c.psi_head`` names, with c's settings."""
+    if c.psi_head not in PSI_HEADS:
+        raise ValueError(f"psi_head must be one of {sorted(PSI_HEADS)}, got {c.psi_head!r}")
+    args = (c.num_points, c.psi_width, c.image_size, c.psi_maps, c.psi_detach_maps, c.link_grad_floor)
+    return PairwiseSkeletonPredictor(*args, c.psi_pair_samples) if c.psi_head == "pairwise" else \
+        SkeletonPredictor(*args)
 
 
 # ---------------------------------------------------------------- B: background
@@ -224,6 +386,72 @@ def neural_point_transport(source: torch.Tensor, source_maps: torch.Tensor,
     return fg + weights[:, -1:] * background
 
 
+# ---------------------------------------------------------------- the structure losses
+
+def link_coverages(c: SkeletonConfig, source_maps, target_maps, source_points,
+                   target_points) -> list[torch.Tensor]:
+    """delta^f [B, E] of eq. 7 for f = source, target (no gradient)."""
+    return [L.link_coverage(pts, L.foreground_evidence(maps, c.uniform_pool, c.uniform_evidence),
+                            c.uniform_tau)
+            for pts, maps in ((source_points, source_maps), (target_points, target_maps))]
+
+
+def structure_terms(c: SkeletonConfig, links: torch.Tensor, source_maps: torch.Tensor,
+                    target_maps: torch.Tensor, source_points: torch.Tensor,
+                    target_points: torch.Tensor, coverage: list | None = None) -> dict[str, torch.Tensor]:
+    """Unweighted near, sparse (links, joints), uniform and length terms of links [B, P, P]
+    predicted from the source, for location maps [B, P, H, W] and points [B, P, 2] of both
+    frames, with the settings of ``c``. Shared by the model and the psi oracle
+    (``kpray.skeleton_oracle``), so both train on the same losses."""
+    ps, pt = source_points, target_points
+    if not c.structure_moves_points:
+        ps, pt = ps.detach(), pt.detach()
+    sparse_links, sparse_joints = L.sparse_losses(links, c.sparse_p, c.sparse_links_normalise,
+                                                 c.sparse_joints_normalise)
+    if coverage is None:
+        coverage = link_coverages(c, source_maps, target_maps, ps, pt)
+    return {
+        "near": L.near_loss(links, ps, pt, c.near_scale, c.near_temperature, c.near_exclude_endpoints,
+                            c.near_endpoint_credit, c.near_max),
+        "sparse_joints": sparse_joints,
+        "sparse_links": sparse_links,
+        "uniform": L.uniform_loss(links, coverage, c.uniform_alpha),
+        "length": L.length_loss(links, ps, pt, c.l_min, c.l_max),
+    }
+
+
+def fit_links_per_sample(c: SkeletonConfig, source_maps, target_maps, source_points, target_points,
+                         init_logits: torch.Tensor | None = None, steps: int = 50,
+                         lr: float = 0.2) -> torch.Tensor:
+    """Link probabilities [B, P, P] that minimise the weighted structure terms of each sample on
+    its own (free logits per sample and pair, Adam from ``init_logits`` [B, E] or 0), for fixed
+    maps and points (detached). Sample b's optimum does not depend on the other samples, unlike
+    psi's, whose shared weights follow the batch's common gradient (docs/benchmarks.md)."""
+    with torch.enable_grad():
+        maps = [m.detach() for m in (source_maps, target_maps)]
+        pts = [q.detach() for q in (source_points, target_points)]
+        b, p = pts[0].shape[:2]
+        i, j = upper_pairs(p, pts[0].device)
+        z = (torch.zeros(b, len(i), device=pts[0].device) if init_logits is None
+             else init_logits.detach().clone().clamp(-6, 6)).requires_grad_(True)
+        coverage = link_coverages(c, *maps, *pts)
+        w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)     # full weights
+        opt = torch.optim.Adam([z], lr=lr)
+
+        def links():
+            s = z.new_zeros(b, p, p)
+            s[:, i, j] = torch.sigmoid(z)
+            return s + s.transpose(1, 2)
+
+        for _ in range(steps):
+            terms = structure_terms(c, links(), *maps, *pts, coverage=coverage)
+            loss = sum(w[k] * v for k, v in terms.items())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return links().detach()
+
+
 # ---------------------------------------------------------------- the model
 
 @dataclass
@@ -244,7 +472,7 @@ class SkeletonModel(nn.Module):
         super().__init__()
         self.config = c = config
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
-        self.psi = SkeletonPredictor(c.num_points, c.psi_width, c.image_size)
+        self.psi = make_psi(c)
         self.background = BackgroundNet(c.background_width, c.background_latent)
 
     def gumbel_temperature(self, step: int) -> float:
@@ -262,6 +490,8 @@ class SkeletonModel(nn.Module):
         c = self.config
         terms = self.loss_terms(out, batch[1])
         loss = L.total_loss(terms, c.loss_weights(), step, c.ramp_steps)
+        if "psi_fit" in terms:
+            loss = loss + c.psi_fit_weight * terms["psi_fit"]
         logs = {k: v.detach() for k, v in terms.items()}
         hard = out["links"].detach() >= c.link_threshold
         logs.update(gumbel_tau=torch.tensor(out["tau"]),
@@ -289,25 +519,27 @@ class SkeletonModel(nn.Module):
                 "target_points": expected_location(target_maps)}
 
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights."""
+        """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights.
+        With ``psi_target="fit"`` also "psi_fit": the binary cross-entropy of psi's links to each
+        sample's own minimiser of the structure terms (``fit_links_per_sample``); the structure
+        terms then see psi's links detached (they still reach the points if
+        ``structure_moves_points``), so only psi_fit trains psi."""
         c = self.config
-        s, ps, pt = out["links"], out["source_points"], out["target_points"]
-        if not c.structure_moves_points:
-            ps, pt = ps.detach(), pt.detach()
-        sparse_links, sparse_joints = L.sparse_losses(s, c.sparse_p, c.sparse_links_normalise,
-                                                     c.sparse_joints_normalise)
-        coverage = [L.link_coverage(pts, L.foreground_evidence(maps, c.uniform_pool), c.uniform_tau)
-                    for pts, maps in ((ps, out["source_maps"]), (pt, out["target_maps"]))]
-        return {
-            "recon": L.pyramid_mse(out["reconstruction"], target, c.pyramid_levels),
-            "contiguity": L.contiguity_loss(out["source_maps"], out["target_maps"], c.contiguity_pool),
-            "near": L.near_loss(s, ps, pt, c.near_scale, c.near_temperature,
-                                c.near_exclude_endpoints),
-            "sparse_joints": sparse_joints,
-            "sparse_links": sparse_links,
-            "uniform": L.uniform_loss(s, coverage, c.uniform_alpha),
-            "length": L.length_loss(s, ps, pt, c.l_min, c.l_max),
-        }
+        links, maps, pts = out["links"], (out["source_maps"], out["target_maps"]), \
+            (out["source_points"], out["target_points"])
+        terms = {"recon": L.pyramid_mse(out["reconstruction"], target, c.pyramid_levels,
+                                        c.recon_reduction),
+                 "contiguity": L.contiguity_loss(*maps, c.contiguity_pool)}
+        if c.psi_target == "fit":
+            fit = fit_links_per_sample(c, *maps, *pts, None, c.psi_fit_steps, c.psi_fit_lr)
+            i, j = upper_pairs(c.num_points, links.device)
+            terms["psi_fit"] = F.binary_cross_entropy(links[:, i, j].clamp(1e-6, 1 - 1e-6),
+                                                      fit[:, i, j])
+            links = links.detach()
+        elif c.psi_target != "loss":
+            raise ValueError(f"psi_target must be 'loss' or 'fit', got {c.psi_target!r}")
+        terms.update(structure_terms(c, links, *maps, *pts))
+        return terms
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
