@@ -419,3 +419,13 @@ def aggregate(per_video: Sequence[Mapping] | Iterable[Mapping]) -> dict:
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation; NaN when either side is constant or has < 3 values."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan
+    return float(spearmanr(x, y).statistic)

@@ -70,6 +70,8 @@ class TrainConfig:
     max_failures: int = 3
     # logging, previews, validation
     log_every: int = 10
+    diagnostics_every: int = 50             # per-term gradient norms etc. (0: never; costs a
+                                            # backward pass per loss term)
     preview_every: int = 500                # 0: no previews
     val_every: int | None = None            # None: at every checkpoint; 0: only at the end
     val_episodes: int = 4                   # first N test episodes
@@ -218,6 +220,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     need(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
     need(cfg.preview_every >= 0, f"--preview-every must be >= 0, got {cfg.preview_every}")
     need(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
+    need(cfg.diagnostics_every >= 0, f"diagnostics_every must be >= 0, got {cfg.diagnostics_every}")
     need(cfg.num_to_keep >= 1, f"num_to_keep must be >= 1, got {cfg.num_to_keep}")
     need(cfg.max_failures >= 0, f"max_failures must be >= 0, got {cfg.max_failures}")
     need(cfg.val_every is None or cfg.val_every >= 0, f"val_every must be >= 0, got {cfg.val_every}")

@@ -145,8 +145,8 @@ def to_device(batch: dict, device, image_size: int | None = None) -> dict:
 def load_episodes(source, split: str, n: int, frames: int) -> list[dict]:
     """The first ``n`` episodes of ``split``, each cut to ``frames`` evenly spaced frames.
 
-    Returns dicts with ``frames [F, H, W, 3]`` uint8, ``joints [F, J, 2]``, ``visible [F, J]``,
-    ``adjacency [J, J]``, ``meta``. Empty when the split has no shard.
+    Returns dicts with ``frames [F, H, W, 3]`` uint8, ``masks [F, H, W]`` bool, ``joints [F, J,
+    2]``, ``visible [F, J]``, ``adjacency [J, J]``, ``meta``. Empty when the split has no shard.
     """
     if n <= 0:
         return []
@@ -158,7 +158,7 @@ def load_episodes(source, split: str, n: int, frames: int) -> list[dict]:
     for ep in (decode_episode(s) for url in urls for s in read_shard(url)):
         t = len(ep["frames"])
         idx = np.unique(np.linspace(0, t - 1, min(frames, t)).round().astype(int))
-        out.append({"frames": ep["frames"][idx], "joints": ep["joints"][idx],
+        out.append({"frames": ep["frames"][idx], "masks": ep["masks"][idx], "joints": ep["joints"][idx],
                     "visible": ep["visible"][idx], "adjacency": ep["adjacency"],
                     "meta": ep["meta"]})
         if len(out) >= n:

@@ -274,6 +274,10 @@ def train_func(config: dict) -> None:
                 writer.add_image("model/edge_weights", img, step, dataformats="HWC")
             window = {"wait": 0.0, "time": 0.0, "steps": 0}
 
+        if rank == 0 and cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
+            for k, v in adapter.diagnostics(model, batch, step).items():
+                writer.add_scalar(f"diag/{k}", v, step)
+
         if rank == 0 and cfg.preview_every and step % cfg.preview_every == 0:
             img = adapter.preview(model, batch, step)     # PIL image
             path = os.path.join(preview_dir, f"step_{step:07d}.png")

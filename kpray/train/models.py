@@ -218,6 +218,11 @@ class Adapter:
         """Model quantities logged besides the loss terms (e.g. AutoLink's alpha)."""
         return {}
 
+    def diagnostics(self, model, batch: dict, step: int) -> dict:
+        """Costlier quantities that tell why a model learns or not (TensorBoard ``diag/*``, every
+        ``diagnostics_every`` steps, rank 0): e.g. each loss term's gradient norm per network."""
+        return {}
+
     def matrix_image(self, model):
         return None
 
@@ -367,7 +372,7 @@ class SkeletonAdapter(Adapter):
     sample_mode = "pair"
     images_per_sample = 2
     loss_terms = ("recon", "contiguity", "near", "sparse_joints", "sparse_links", "uniform",
-                  "length")
+                  "length", "psi_fit")
 
     def make_config(self, preset, overrides):
         from kpray.models import skeleton as S
@@ -377,8 +382,8 @@ class SkeletonAdapter(Adapter):
 
         if preset is None:
             base = S.SkeletonConfig()
-        elif preset in S.L.PRESETS:
-            base = S.SkeletonConfig.from_preset(preset)
+        elif S.L.preset_for_dataset(preset) is not None:   # a row, or a dataset that maps to one
+            base = S.SkeletonConfig.from_preset(S.L.preset_for_dataset(preset))
         else:
             raise ConfigError(f"unknown preset {preset!r} for the skeleton model: choose from "
                               f"{', '.join(sorted(S.L.PRESETS))}")
@@ -447,18 +452,99 @@ class SkeletonAdapter(Adapter):
                          draw_points(img, pts, adj, scale=3)])
         return grid(rows)
 
+    def diagnostics(self, model, batch, step):
+        """Per loss term k: ``grad_pi/k`` and ``grad_psi/k``, the norm of the weighted term's
+        gradient on pi's and psi's parameters (before clipping); psi's logits z: ``psi_z_abs``
+        (mean |z|) and ``psi_z_batch_std`` (std over the batch, mean over pairs: 0 when the
+        links do not depend on the image); ``links_batch_std`` (std over the batch of the number
+        of links >= the threshold). BatchNorm statistics are restored afterwards."""
+        from kpray.losses.skeleton import effective_weights
+
+        c = model.config
+        saved = {k: v.clone() for k, v in model.state_dict().items()
+                 if "running_" in k or "num_batches" in k}
+        was = model.training
+        model.train()
+        src, tgt = batch["source"], batch["target"]
+        out = model.run(src, tgt, step=step)
+        terms = model.loss_terms(out, tgt)
+        weights = {**effective_weights(c.loss_weights(), step, c.ramp_steps),
+                   "psi_fit": c.psi_fit_weight}
+        nets = {"pi": [p for p in model.pi.parameters() if p.requires_grad],
+                "psi": [p for p in model.psi.parameters() if p.requires_grad]}
+        res = {}
+        for k, v in terms.items():
+            for net, params in nets.items():
+                if weights[k] == 0 or not v.requires_grad:
+                    res[f"grad_{net}/{k}"] = 0.0
+                    continue
+                grads = torch.autograd.grad(weights[k] * v, params, retain_graph=True,
+                                            allow_unused=True)
+                sq = [(g.float() ** 2).sum() for g in grads if g is not None]
+                res[f"grad_{net}/{k}"] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+        with torch.no_grad():
+            z = model.psi.logits(src, out["source_maps"])                 # [B, E]
+            counts = (out["links"] >= c.link_threshold).sum(dim=(1, 2)).float() / 2
+            res["psi_z_abs"] = float(z.abs().mean())
+            res["psi_z_batch_std"] = float(z.std(dim=0).mean()) if z.shape[0] > 1 else 0.0
+            res["links_batch_std"] = float(counts.std()) if counts.numel() > 1 else 0.0
+        model.load_state_dict(saved, strict=False)
+        model.train(was)
+        return res
+
     def validate(self, model, data, cfg):
+        """The metrics of ``_score_metrics`` (links of each video from one random frame, seeded
+        by the run's seed and the episode index, as the paper does), and:
+        ``val_points_on_object`` (fraction of points, all frames, on the object's mask dilated by
+        one pixel) against ``val_mask_fraction`` (the mask's share of the image: chance level),
+        ``val_joint_count_spearman`` (rank correlation over videos of the predicted and true
+        number of joints; 0 when either is constant), and per body kind B
+        ``val_joints_B`` and ``val_links_B`` (B without its colon, e.g. cartpole3)."""
         from kpray.evaluation import evaluate_video
         from kpray.metrics import select_skeleton
+        from kpray.metrics import spearman
 
         model.eval()
         test = data["test"]
         if not test:
             return {}
         eps = epsilon_for(cfg, test)
-        recs = []
+        recs, on, cover, counts, bodies = [], [], [], [], {}
         for ep in test:
             p = self.predict(model, ep["frames"])
-            joints, adj = select_skeleton(p["points"], p["links"][0])   # links of frame 0
+            rng = np.random.default_rng([cfg.seed, int(ep["meta"].get("index", 0))])
+            f = int(rng.integers(len(p["links"])))
+            joints, adj = select_skeleton(p["points"], p["links"][f])
             recs.append(evaluate_video(ep, joints, adj, eps))
-        return _score_metrics(recs)
+            counts.append((joints.shape[1], ep["joints"].shape[1]))
+            body = str(ep["meta"].get("body", "unknown")).replace(":", "")
+            bodies.setdefault(body, []).append((joints.shape[1], int(np.triu(adj, 1).sum())))
+            if "masks" in ep:
+                on.append(points_on_mask(p["points"], ep["masks"]))
+                cover.append(float(np.asarray(ep["masks"]).mean()))
+        out = _score_metrics(recs)
+        if on:
+            out["val_points_on_object"] = float(np.mean(on))
+            out["val_mask_fraction"] = float(np.mean(cover))
+        rho = spearman([a for a, _ in counts], [b for _, b in counts])
+        out["val_joint_count_spearman"] = 0.0 if math.isnan(rho) else rho
+        for body, v in sorted(bodies.items()):
+            out[f"val_joints_{body}"] = float(np.mean([a for a, _ in v]))
+            out[f"val_links_{body}"] = float(np.mean([b for _, b in v]))
+        return out
+
+
+def points_on_mask(points_px: np.ndarray, masks: np.ndarray, dilate: int = 1) -> float:
+    """Fraction of points [T, P, 2] (pixels, x then y) whose nearest pixel lies on the mask
+    [T, H, W] dilated by ``dilate`` pixels (points outside the image count as off)."""
+    from scipy.ndimage import binary_dilation
+
+    masks = np.asarray(masks, dtype=bool)
+    if dilate:
+        masks = binary_dilation(masks, structure=np.ones((1, 2 * dilate + 1, 2 * dilate + 1), bool))
+    t, h, w = masks.shape
+    xy = np.rint(np.asarray(points_px)).astype(int)                   # [T, P, 2]
+    inside = (xy[..., 0] >= 0) & (xy[..., 0] < w) & (xy[..., 1] >= 0) & (xy[..., 1] < h)
+    x, y = np.clip(xy[..., 0], 0, w - 1), np.clip(xy[..., 1], 0, h - 1)
+    hit = masks[np.arange(t)[:, None], y, x] & inside
+    return float(hit.mean())
