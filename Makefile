@@ -5,7 +5,7 @@ GL_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
 
-.PHONY: setup gl deps demo test test-fast bench clean
+.PHONY: setup gl deps demo test test-fast bench clean learn-skeleton
 
 setup: gl deps
 
@@ -30,6 +30,29 @@ demo: setup
 	    --set pi_width=16 --set psi_width=16 --set background_width=16 --set num_points=16 \
 	    --name demo-cartpoles --storage runs
 	@echo "dataset preview: $(DEMO_DATA)/preview.png; search: runs/demo-cartpoles/ (summary.md, results.csv, objective.png, best_config.json)"
+
+# The skeleton model at CPU scale, from a fresh dataset (docs/benchmarks.md, "learn-skeleton"):
+# render DATASET (its own preset, 64x64), train for LEARN_STEPS, then evaluate the newest
+# checkpoint on the test split (OUT/metrics.json) and compare it with the untrained model, the
+# best constant skeleton on the same points and the paper (OUT/comparison.md). Rerunning resumes.
+DATASET ?= cartpoles
+SEED ?= 0
+OUT ?= runs/learn-skeleton
+PRESET ?= $(DATASET)
+LEARN_STEPS ?= 2000
+LEARN_EPISODES ?= 300
+LEARN_TEST_EPISODES ?= 30
+SKELETON_RECIPE := --points 16 --set pi_width=16 --set psi_width=16 --set background_width=16 \
+	--set ramp_steps=0 --set recon_reduction=mean --set 'weights={"sparse_joints":1.0}'
+learn-skeleton: setup
+	$(PY) jobs/gen_data.py --dataset $(DATASET) --episodes $(LEARN_EPISODES) \
+	    --test-episodes $(LEARN_TEST_EPISODES) --frames 32 --size 64 --shard-size 25 --seed $(SEED) \
+	    --workers 2 --no-progress --out $(OUT)/data
+	$(PY) jobs/train_skeleton.py --data $(OUT)/data --preset $(PRESET) --workers 1 --cpus-per-worker 2 \
+	    --steps $(LEARN_STEPS) --checkpoint-every 250 --preview-every 250 --val-episodes 12 \
+	    --seed $(SEED) $(SKELETON_RECIPE) --name train --storage $(abspath $(OUT))
+	$(PY) jobs/evaluate.py --checkpoint $(OUT)/train --data $(OUT)/data --out $(OUT)
+	$(PY) jobs/compare_skeleton.py --checkpoint $(OUT)/train --data $(OUT)/data --out $(OUT)
 
 test: setup
 	$(PY) -m pytest -q

@@ -63,6 +63,10 @@ def build_parser(model: str) -> argparse.ArgumentParser:
         a("--thickness-max", type=float, default=1e-1, help="upper end of the log range (default 1e-1)")
         a("--random-backbone", action="store_true",
           help="randomly initialised LPIPS backbone (tests only; no ImageNet weights needed)")
+    else:
+        a("--literal", action="store_true",
+          help="every trial reads the paper literally where our defaults depart from it "
+               "(kpray.models.skeleton.PAPER_LITERAL); --set still overrides")
     return p
 
 
@@ -71,6 +75,10 @@ def spec_from_args(args: argparse.Namespace, model: str) -> SearchSpec:
     if args.config:
         base = merge(base, load_config_file(args.config), f"--config {args.config}")
     mc = parse_set_items(args.set)
+    if getattr(args, "literal", None):
+        from kpray.models.skeleton import PAPER_LITERAL
+
+        mc = {**PAPER_LITERAL, **mc}
     if model == "autolink":
         if args.keypoints is not None:
             mc["num_keypoints"] = args.keypoints

@@ -66,6 +66,10 @@ def build_parser(model: str) -> argparse.ArgumentParser:
           help="randomly initialised LPIPS backbone (tests only; no ImageNet weights needed)")
     else:
         a("--points", type=int, help="number of foreground points P (default 32)")
+        a("--literal", action="store_true", default=None,
+          help="the paper read literally where our defaults depart from it (Gumbel samples, "
+               "raw heatmaps for psi and the uniform loss, every loss moves the points, ...: "
+               "kpray.models.skeleton.PAPER_LITERAL); --set still overrides")
     return p
 
 
@@ -113,8 +117,13 @@ def config_from_args(args: argparse.Namespace, model: str) -> TrainConfig:
                 mc[fld] = getattr(args, arg)
         if args.random_backbone:
             mc["pretrained"] = False
-    elif args.points is not None:
-        mc["num_points"] = args.points
+    else:
+        if getattr(args, "literal", None):
+            from kpray.models.skeleton import PAPER_LITERAL
+
+            mc = {**PAPER_LITERAL, **mc}
+        if args.points is not None:
+            mc["num_points"] = args.points
     flags["model_config"] = mc
     cfg = resolve(merge(cfg, flags, "flags"))
     _check_data(cfg.data)

@@ -1,0 +1,48 @@
+"""Compare a trained skeleton model with the untrained model, the best constant skeleton and the
+paper, on the test episodes: prints a Markdown table, writes OUT/comparison.{json,md} and
+OUT/skeletons.png (one test frame per body: true skeleton above, predicted below).
+
+    python jobs/compare_skeleton.py --checkpoint runs/learn-skeleton/train --data SHARDS --out DIR
+
+See ``kpray/skeleton_report.py`` for what each row means. Bad input: one line on stderr, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True,
+                    help="run folder (STORAGE/NAME, newest checkpoint) or a checkpoint_* folder")
+    ap.add_argument("--data", required=True, help="shard folder holding test-*.tar")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--eps", type=float, default=None, help="joint hit threshold (default: paper's)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the untrained model and of the "
+                                                        "frame each video's links come from")
+    ap.add_argument("--out", default="eval", help="output folder")
+    args = ap.parse_args(argv)
+    from kpray.evaluation import EvaluationError
+    from kpray.skeleton_report import compare_skeleton, to_markdown, write_comparison
+
+    try:
+        from kpray.data import iter_episodes
+
+        episodes = list(iter_episodes(args.data, split=args.split))
+        c = compare_skeleton(args.checkpoint, episodes, eps=args.eps, seed=args.seed)
+    except EvaluationError as e:
+        print(f"compare_skeleton.py: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # unreadable shards or checkpoint: one line, exit 2
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"compare_skeleton.py: error: {type(e).__name__}: {first}", file=sys.stderr)
+        return 2
+    print(to_markdown(c), end="")
+    pj, pm = write_comparison(c, args.out)
+    print(f"-> {pj}, {pm}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

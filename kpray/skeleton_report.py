@@ -1,0 +1,207 @@
+"""Does the skeleton model learn? A trained checkpoint against three references on test episodes.
+
+- the trained model: joints = points with a link >= 0.5, links from one seeded random frame per
+  video (the paper's protocol, as ``kpray.evaluation.predict_from_checkpoint``);
+- the untrained model: the same configuration, freshly initialised (seed 0), same protocol;
+- the best constant skeleton: one link matrix [P, P] used for every video, on the trained
+  model's points; the candidates are the trained model's own thresholded link matrices of all
+  test videos, and the one with the highest mean Bcc is kept. A model whose links do not depend
+  on the image scores exactly this; beating it means the skeleton follows the image;
+- the paper's numbers for the dataset (Tables I and II).
+
+Also the image dependence: Spearman's rank correlation, over videos, between the predicted and
+the true number of joints (NaN when either is constant), and link and joint counts per body.
+``jobs/compare_skeleton.py`` is the command; ``make learn-skeleton`` ends with it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from kpray.metrics import spearman  # noqa: F401 - part of this module's API
+
+KEYS = (("joint_f1", "joint F1", True), ("dist", "joint distance", False),
+        ("diff", "joint count difference", False), ("consistency", "consistency", True),
+        ("bcc", "structure Bcc", True), ("struct_f1", "structure F1", True))
+
+
+def _video_record(ep, points_px, links_pp, eps: float) -> dict:
+    """Metrics of one video from points [T, P, 2] pixels and link probabilities [P, P]."""
+    from kpray.evaluation import evaluate_video
+    from kpray.metrics import select_skeleton
+
+    joints, adj = select_skeleton(points_px, links_pp)
+    r = evaluate_video(ep, joints, adj, eps)
+    return {"joint_f1": r["joints"]["f1"], "dist": r["joints"]["dist"], "diff": r["joints"]["diff"],
+            "consistency": r["joints"]["consistency"], "bcc": r["structure"]["bcc"],
+            "struct_f1": r["structure"]["f1"], "joints": int(joints.shape[1]),
+            "links": int(np.triu(adj, 1).sum()), "true_joints": int(np.asarray(ep["joints"]).shape[1]),
+            "body": str(ep.get("meta", {}).get("body", "?"))}
+
+
+def _mean(records: list[dict]) -> dict:
+    """Means over videos; an undefined score (NaN) counts as 0 for higher-is-better keys."""
+    out = {}
+    for k, _, higher in KEYS:
+        a = np.array([r[k] for r in records], dtype=np.float64)
+        if higher:
+            a = np.nan_to_num(a, nan=0.0)
+        a = a[~np.isnan(a)]
+        out[k] = float(a.mean()) if a.size else math.nan
+    out["joints"] = float(np.mean([r["joints"] for r in records])) if records else math.nan
+    return out
+
+
+def per_body(records: list[dict]) -> dict:
+    """{body: {"videos", "true_joints", "joints", "links"}} (means over the body's videos)."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[r["body"]].append(r)
+    return {b: {"videos": len(g), "true_joints": float(np.mean([r["true_joints"] for r in g])),
+                "joints": float(np.mean([r["joints"] for r in g])),
+                "links": float(np.mean([r["links"] for r in g]))} for b, g in sorted(groups.items())}
+
+
+def _predict_all(adapter, model, episodes, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(points [T, P, 2] pixels, links [P, P] of one seeded random frame) per episode."""
+    out = []
+    for ep in episodes:
+        p = adapter.predict(model, ep["frames"])
+        rng = np.random.default_rng([seed, int(ep.get("meta", {}).get("index", 0))])
+        f = int(rng.integers(len(p["links"])))
+        out.append((p["points"], p["links"][f]))
+    return out
+
+
+def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = None,
+                     seed: int = 0, dataset: str | None = None) -> dict:
+    """The comparison (see the module docstring) as a dict: ``rows`` {name: means}, ``paper``,
+    ``spearman`` {name: rho}, ``bodies`` {name: per_body}, ``eps``, ``videos``."""
+    import torch
+
+    from kpray.evaluation import EvaluationError
+    from kpray.metrics import PAPER_TABLE_I, PAPER_TABLE_II, paper_epsilon
+    from kpray.train.config import TrainConfig
+    from kpray.train.loop import load_state
+    from kpray.train.models import get_adapter
+    from kpray.train.trainer import latest_state
+
+    if not episodes:
+        raise EvaluationError("no test episodes to compare on")
+    state = load_state(checkpoint) if os.path.exists(os.path.join(checkpoint, "state.pt")) else (
+        latest_state(checkpoint) if os.path.isdir(checkpoint) else None)
+    if state is None:
+        raise EvaluationError(f"no checkpoint at {checkpoint}: give a checkpoint_*/ folder or a run folder")
+    cfg = TrainConfig.from_dict(state["config"])
+    if cfg.model != "skeleton":
+        raise EvaluationError(f"{checkpoint} holds a {cfg.model} model; this compares skeleton models")
+    dataset = dataset or str(episodes[0].get("meta", {}).get("dataset", ""))
+    if eps is None:
+        eps = paper_epsilon(dataset) or 0.2
+    adapter = get_adapter("skeleton")
+    trained = adapter.build(cfg)
+    trained.load_state_dict(state["model"])
+    torch.manual_seed(seed)
+    untrained = adapter.build(cfg)
+    preds = {}
+    for name, model in (("trained", trained), ("untrained", untrained)):
+        model.eval()
+        preds[name] = _predict_all(adapter, model, episodes, seed)
+    records = {name: [_video_record(ep, pts, links, eps) for ep, (pts, links) in zip(episodes, p)]
+               for name, p in preds.items()}
+    figure = skeletons_figure(episodes, preds["trained"], trained.config.link_threshold)
+
+    # the best constant skeleton on the trained points
+    thr = trained.config.link_threshold
+    candidates = {np.asarray(links >= thr).tobytes(): (links >= thr).astype(np.float64)
+                  for _, links in preds["trained"]}
+    best, best_bcc = None, -1.0
+    for adj in candidates.values():
+        recs = [_video_record(ep, pts, adj, eps) for ep, (pts, _) in zip(episodes, preds["trained"])]
+        bcc = _mean(recs)["bcc"]
+        if bcc > best_bcc:
+            best, best_bcc = recs, bcc
+    records["best constant skeleton"] = best
+
+    family = next((d for d in PAPER_TABLE_I["ours"] if dataset == d or
+                   dataset.split(":")[0] + "s" == d), None)
+    paper = {}
+    if family is not None:
+        t1, t2 = PAPER_TABLE_I["ours"][family], PAPER_TABLE_II["ours"][family]
+        paper = {"joint_f1": t2["f1"], "dist": t2["dist"], "diff": t2["diff"],
+                 "consistency": t2["consistency"], "bcc": t1["bcc"], "struct_f1": t1["f1"]}
+    return {"dataset": dataset, "paper_dataset": family, "eps": eps, "videos": len(episodes),
+            "steps": int(state.get("step", 0)),
+            "rows": {name: _mean(r) for name, r in records.items()},
+            "spearman": {name: spearman([x["joints"] for x in r], [x["true_joints"] for x in r])
+                         for name, r in records.items()},
+            "bodies": {name: per_body(r) for name, r in records.items()},
+            "paper": paper, "figure": figure}
+
+
+def to_markdown(c: dict) -> str:
+    """The comparison as Markdown tables (metrics, then link and joint counts per body)."""
+    names = list(c["rows"])
+    head = "| metric | " + " | ".join(names) + " | paper (full scale) |"
+    lines = [f"Skeleton model on {c['dataset']} after {c['steps']} steps: {c['videos']} test "
+             f"videos, eps {c['eps']}", "", head, "|" + " --- |" * (len(names) + 2)]
+    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    for k, label, higher in KEYS:
+        arrow = "higher" if higher else "lower"
+        lines.append(f"| {label} ({arrow} is better) | " + " | ".join(fmt(c["rows"][n][k]) for n in names)
+                     + f" | {fmt(c['paper'].get(k))} |")
+    lines.append("| predicted joints per video | " + " | ".join(fmt(c["rows"][n]["joints"]) for n in names)
+                 + " | |")
+    lines.append("| Spearman(predicted, true joint count) | "
+                 + " | ".join(fmt(c["spearman"][n]) for n in names) + " | |")
+    lines += ["", "| body | videos | true joints | " + " | ".join(f"{n}: joints / links" for n in names) + " |",
+              "|" + " --- |" * (3 + len(names))]
+    bodies = c["bodies"][names[0]]
+    for b, info in bodies.items():
+        cells = [f"{c['bodies'][n][b]['joints']:.1f} / {c['bodies'][n][b]['links']:.1f}" for n in names]
+        lines.append(f"| {b} | {info['videos']} | {info['true_joints']:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def skeletons_figure(episodes: list[dict], preds: list[tuple], thr: float = 0.5, scale: int = 3):
+    """One test frame per body kind (sorted by name), side by side: the frame with the true
+    skeleton above, the predicted joints and links below. preds: (points [T, P, 2] pixels,
+    links [P, P]) per episode, as ``_predict_all``. Returns a PIL image."""
+    from kpray.metrics import select_skeleton
+    from kpray.train.models import draw_points, grid
+
+    first = {}
+    for ep, pr in zip(episodes, preds):
+        first.setdefault(str(ep.get("meta", {}).get("body", "?")), (ep, pr))
+    top, bottom = [], []
+    for body in sorted(first):
+        ep, (pts, links) = first[body]
+        frames = np.asarray(ep["frames"])
+        t = len(frames) // 2
+        top.append(draw_points(frames[t], np.asarray(ep["joints"])[t],
+                               np.asarray(ep["adjacency"], bool), scale=scale))
+        joints, adj = select_skeleton(pts, links, thr)
+        bottom.append(draw_points(frames[t], joints[t], adj, scale=scale))
+    return grid([top, bottom])
+
+
+def write_comparison(c: dict, out_dir: str) -> tuple[str, str]:
+    """OUT/comparison.json, OUT/comparison.md and OUT/skeletons.png (one test frame per body:
+    true skeleton above, predicted below); returns the first two paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    pj, pm = os.path.join(out_dir, "comparison.json"), os.path.join(out_dir, "comparison.md")
+    c = dict(c)
+    figure = c.pop("figure", None)
+    if figure is not None:
+        figure.save(os.path.join(out_dir, "skeletons.png"))
+    with open(pj + ".tmp", "w") as f:
+        json.dump(c, f, indent=2, sort_keys=True, default=float)
+    with open(pm + ".tmp", "w") as f:
+        f.write(to_markdown(c))
+    os.replace(pj + ".tmp", pj)
+    os.replace(pm + ".tmp", pm)
+    return pj, pm

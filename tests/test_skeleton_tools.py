@@ -1,0 +1,246 @@
+"""The skeleton model's research tools: oracle points, diagnostics, validation extras, and the
+comparison against the untrained model and the best constant skeleton."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kpray import skeleton_oracle as O
+from kpray.ops.coords import to_normalised
+
+
+def test_oracle_points_hand_case():
+    joints = np.array([[[0, 0], [10, 0], [10, 20]]], dtype=np.float32)      # [T=1, J=3, 2]
+    adj = np.zeros((3, 3), bool)
+    adj[0, 1] = adj[1, 0] = adj[1, 2] = adj[2, 1] = True
+    pts = O.oracle_points(joints, adj, 7)
+    assert pts.shape == (1, 7, 2)
+    assert np.allclose(pts[0, :3], joints[0])                                 # the joints first
+    # 4 extra points, to links (0,1), (1,2), (0,1), (1,2): two per link at 1/3 and 2/3
+    assert np.allclose(pts[0, 3:], [[10 / 3, 0], [10, 20 / 3], [20 / 3, 0], [10, 40 / 3]])
+    assert O.oracle_points(joints, adj, 2).shape == (1, 2, 2)                 # fewer than J
+
+
+def test_one_hot_maps_put_each_point_on_its_pixel():
+    px = torch.tensor([[[3.0, 5.0], [63.0, 0.0]]])
+    maps = O.one_hot_maps(to_normalised(px, 64), 64)
+    assert maps.shape == (1, 2, 64, 64) and torch.equal(maps.sum(dim=(-1, -2)), torch.ones(1, 2))
+    assert maps[0, 0, 5, 3] == 1 and maps[0, 1, 0, 63] == 1
+
+
+def test_points_on_mask_hand_case():
+    from kpray.train.models import points_on_mask
+
+    masks = np.zeros((1, 8, 8), bool)
+    masks[0, 2, 2] = True
+    pts = np.array([[[2, 2], [3, 3], [5, 5], [-1, 2]]], dtype=np.float32)     # on, next to, off, out
+    assert points_on_mask(pts, masks, dilate=1) == pytest.approx(0.5)
+    assert points_on_mask(pts, masks, dilate=0) == pytest.approx(0.25)
+
+
+def test_spearman_is_nan_for_a_constant_side():
+    from kpray.metrics import spearman
+
+    assert spearman([1, 2, 3, 4], [2, 4, 6, 9]) == pytest.approx(1.0)
+    assert math.isnan(spearman([7, 7, 7, 7], [2, 3, 4, 5]))
+
+
+def test_skeleton_diagnostics_split_gradients_by_network():
+    """Each term's gradient reaches the network it should: recon trains pi, not psi; with psi's
+    input maps detached and structure_moves_points off, the structure terms train psi only."""
+    import dataclasses
+
+    from kpray.models.skeleton import SkeletonConfig, SkeletonModel
+    from kpray.train.models import SkeletonAdapter
+
+    torch.manual_seed(0)
+    model = SkeletonModel(SkeletonConfig.from_preset(
+        "cartpoles", num_points=6, pi_width=4, psi_width=4, background_width=4,
+        background_latent=8, ramp_steps=0, psi_detach_maps=True, psi_target="loss"))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    batch = {"source": torch.rand(3, 3, 64, 64), "target": torch.rand(3, 3, 64, 64)}
+    d = SkeletonAdapter().diagnostics(model, batch, step=10)
+    assert d["grad_pi/recon"] > 0 and d["grad_psi/recon"] == 0
+    for k in ("near", "sparse_links", "sparse_joints", "length"):
+        assert d[f"grad_psi/{k}"] > 0 and d[f"grad_pi/{k}"] == 0, k
+    assert d["psi_z_abs"] > 0 and d["psi_z_batch_std"] > 0                   # random images differ
+    assert all(math.isfinite(v) for v in d.values())
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())          # BN stats untouched
+    assert all(p.grad is None for p in model.parameters())                    # nothing accumulated
+    fit = SkeletonModel(dataclasses.replace(model.config, psi_target="fit", psi_fit_steps=10))
+    d = SkeletonAdapter().diagnostics(fit, batch, step=10)
+    assert d["grad_psi/psi_fit"] > 0 and d["grad_pi/psi_fit"] == 0
+    assert d["grad_psi/near"] == 0 and d["grad_psi/sparse_joints"] == 0  # psi learns from the fit
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny skeleton model in the training checkpoint format, and 3 real rendered test
+    episodes of cartpoles with 1, 2 and 3 poles."""
+    import webdataset as wds
+
+    from kpray.data import encode_episode
+    from kpray.train.config import TrainConfig, resolve
+    from kpray.train.loop import save_state
+    from kpray.train.models import get_adapter
+    from sim import render_episode
+
+    root = tmp_path_factory.mktemp("skeleton-tools")
+    shards = root / "shards"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "test-000000.tar"), mtime=0.0) as sink:
+        for i, k in enumerate((1, 2, 3)):
+            ep = render_episode(f"cartpole:{k}", "test", seed=0, index=i, frames=5, size=64)
+            sink.write(encode_episode(ep, f"test-{i:06d}"))
+    cfg = resolve(TrainConfig(model="skeleton", data=str(shards), preset="cartpoles", steps=1,
+                              model_config={"pi_width": 8, "psi_width": 8, "background_width": 8,
+                                            "num_points": 6}))
+    torch.manual_seed(1)
+    model = get_adapter("skeleton").build(cfg)
+    ckpt = root / "run" / "checkpoint_000001"
+    ckpt.mkdir(parents=True)
+    save_state(str(ckpt), model, torch.optim.Adam(model.parameters()), 1, [], cfg)
+    return root, shards, cfg
+
+
+def test_validation_reports_points_on_object_and_bodies(tiny_checkpoint):
+    from kpray.train.models import get_adapter
+
+    root, shards, cfg = tiny_checkpoint
+    adapter = get_adapter("skeleton")
+    model = adapter.build(cfg)
+    data = {"test": __import__("kpray.train.data", fromlist=["x"]).load_episodes(str(shards), "test", 3, 5)}
+    m = adapter.validate(model, data, cfg)
+    assert 0 <= m["val_points_on_object"] <= 1 and 0 < m["val_mask_fraction"] < 0.5
+    assert {"val_joints_cartpole1", "val_links_cartpole3"} <= set(m)
+    assert -1 <= m["val_joint_count_spearman"] <= 1
+
+
+def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
+    import importlib.util
+    import pathlib
+
+    root, shards, _ = tiny_checkpoint
+    path = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "compare_skeleton.py"
+    spec = importlib.util.spec_from_file_location("compare_skeleton", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = root / "cmp"
+    assert job.main(["--checkpoint", str(root / "run"), "--data", str(shards), "--out", str(out)]) == 0
+    c = json.loads((out / "comparison.json").read_text())
+    assert set(c["rows"]) == {"trained", "untrained", "best constant skeleton"}
+    assert c["paper"]["joint_f1"] == 0.84 and c["videos"] == 3            # cartpoles row
+    # one skeleton for every video: the same joint count whatever the body
+    const = c["bodies"]["best constant skeleton"]
+    assert len({v["joints"] for v in const.values()}) == 1
+    assert math.isnan(c["spearman"]["best constant skeleton"])
+    assert set(c["bodies"]["trained"]) == {"cartpole:1", "cartpole:2", "cartpole:3"}
+    from PIL import Image
+
+    fig = Image.open(out / "skeletons.png")
+    assert fig.size == (3 * (64 * 3 + 2) + 2, 2 * (64 * 3 + 2) + 2)        # 3 bodies, 2 rows
+    md = (out / "comparison.md").read_text()
+    assert "structure Bcc" in md and "Spearman" in md and "cartpole:3" in md
+    assert "structure Bcc" in capsys.readouterr().out
+    assert job.main(["--checkpoint", str(root / "none"), "--data", str(shards),
+                     "--out", str(root / "bad")]) == 2
+    assert not (root / "bad").exists()
+
+
+def test_literal_flag_applies_the_paper_reading_and_set_overrides(tmp_path):
+    from kpray.models.skeleton import PAPER_LITERAL
+    from kpray.train.cli import build_parser, config_from_args
+    from kpray.train.models import make_model_config
+    from tests.rendered import write_rendered_shards
+
+    data = write_rendered_shards(str(tmp_path / "d"), train_shards=(1,), test_episodes=0, frames=4)
+    p = build_parser("skeleton")
+    args = p.parse_args(["--data", data, "--preset", "cartpoles", "--literal",
+                         "--set", "gumbel_noise=false"])
+    cfg = config_from_args(args, "skeleton")
+    mc = make_model_config("skeleton", cfg.preset, cfg.model_config)
+    assert mc.gumbel_noise is False                                       # --set wins
+    assert all(getattr(mc, k) == v for k, v in PAPER_LITERAL.items() if k != "gumbel_noise")
+    plain = make_model_config("skeleton", "cartpoles",
+                              config_from_args(p.parse_args(["--data", data]), "skeleton").model_config)
+    assert plain.psi_maps == "peak" and plain.uniform_evidence == "peak"
+
+
+@pytest.fixture(scope="module")
+def one_and_three_poles():
+    from sim import render_episode
+
+    return {k: render_episode(f"cartpole:{k}", "train", seed=0, index=k, frames=4, size=64)
+            for k in (1, 3)}
+
+
+def _structure_loss_and_grad(ep, adj_pp, cfg):
+    """Weighted structure loss and dL/dS [P, P] of oracle points of frames 0 -> 1 of ep."""
+    from kpray.losses.skeleton import effective_weights
+    from kpray.models.skeleton import structure_terms
+
+    pts = O.oracle_points(ep["joints"], ep["adjacency"], cfg.num_points)
+    ps, pt = (to_normalised(torch.from_numpy(pts[f][None]), 64) for f in (0, 1))
+    s = torch.from_numpy(adj_pp.astype(np.float32))[None].requires_grad_(True)
+    terms = structure_terms(cfg, s, O.one_hot_maps(ps, 64), O.one_hot_maps(pt, 64), ps, pt)
+    w = effective_weights(cfg.loss_weights(), 0, 0)
+    loss = sum(w[k] * v for k, v in terms.items())
+    loss.backward()
+    return float(loss.detach()), s.grad[0].numpy()
+
+
+def test_oracle_structure_loss_depends_on_the_body(one_and_three_poles):
+    """The small oracle check: on points along the true skeleton, each body's own skeleton has
+    the lower structure loss, and at one shared skeleton the loss asks to drop a link on the
+    1-pole body that it asks to keep on the 3-pole body. If the losses stopped depending on the
+    image, no psi could learn an image-dependent skeleton from them."""
+    import dataclasses
+
+    from kpray.losses.skeleton import LossWeights, PRESETS
+    from kpray.models.skeleton import SkeletonConfig
+
+    cfg = SkeletonConfig.from_preset("cartpoles", num_points=16)
+    cfg = dataclasses.replace(cfg, weights=LossWeights(**{**PRESETS["cartpoles"].as_dict(),
+                                                          "sparse_joints": 1.0}))
+    chain = {}
+    for n in (1, 3):
+        a = np.zeros((16, 16), bool)
+        for k in range(n):
+            a[k, k + 1] = a[k + 1, k] = True
+        chain[n] = a
+    for n, ep in one_and_three_poles.items():
+        own, _ = _structure_loss_and_grad(ep, chain[n], cfg)
+        other, _ = _structure_loss_and_grad(ep, chain[4 - n], cfg)
+        assert own < other, (n, own, other)
+    _, g1 = _structure_loss_and_grad(one_and_three_poles[1], chain[3], cfg)
+    _, g3 = _structure_loss_and_grad(one_and_three_poles[3], chain[3], cfg)
+    assert g1[2, 3] > 0 > g3[2, 3]            # drop link (2, 3) on one pole, keep it on three
+
+
+def test_psi_on_oracle_points_follows_the_body():
+    """The small oracle check of psi: trained alone (psi_target="fit") on true points of 1-pole
+    and 3-pole cartpoles, it gives their 3-pole frames more links than their 1-pole frames.
+    Fails if psi's output stops depending on the body (the same skeleton for every image)."""
+    import dataclasses
+
+    from kpray.models.skeleton import SkeletonConfig
+    from sim import render_episode
+
+    def episodes(index):
+        return [render_episode(f"cartpole:{k}", "train", seed=0, index=index + i, frames=8, size=64)
+                for k in (1, 3) for i in range(2)]
+
+    cfg = SkeletonConfig.from_preset("cartpoles", num_points=16, psi_width=8)
+    cfg = dataclasses.replace(cfg, weights=dataclasses.replace(cfg.loss_weights(), sparse_joints=1.0))
+    train = episodes(0)
+    psi, history = O.train_psi(train, cfg, steps=150, batch_size=8, seed=0)
+    links = {}
+    for ep in train:
+        s = O.predict_links(psi, ep, cfg.num_points)                      # [T, P, P]
+        n = int(ep["meta"]["n_poles"])
+        links.setdefault(n, []).append(float((np.triu(s, 1) >= 0.5).sum(axis=(1, 2)).mean()))
+    assert np.mean(links[3]) >= np.mean(links[1]) + 1, links
+    assert history[-1]["links_std"] > 0                                       # varies over a batch
