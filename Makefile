@@ -43,7 +43,7 @@ LEARN_STEPS ?= 2000
 LEARN_EPISODES ?= 300
 LEARN_TEST_EPISODES ?= 30
 SKELETON_RECIPE := --points 16 --set pi_width=16 --set psi_width=16 --set background_width=16 \
-	--set ramp_steps=0 --set recon_reduction=mean --set 'weights={"sparse_joints":1.0}'
+	--set ramp_steps=0 --set near_exclude_endpoints=true --set 'weights={"sparse_joints":1.0}'
 learn-skeleton: setup
 	$(PY) jobs/gen_data.py --dataset $(DATASET) --episodes $(LEARN_EPISODES) \
 	    --test-episodes $(LEARN_TEST_EPISODES) --frames 32 --size 64 --shard-size 25 --seed $(SEED) \

@@ -110,7 +110,8 @@ def train_psi(episodes, config, steps: int = 300, batch_size: int = 8, lr: float
         w = L.effective_weights(weights, step, config.ramp_steps)
         if config.psi_target == "fit":
             i, j = upper_pairs(config.num_points)
-            target = fit_links_per_sample(config, ms, mt, ps, pt, None, config.psi_fit_steps,
+            init = psi.logits(img, ms).detach().clamp(-3, 3) if config.psi_fit_init == "psi" else None
+            target = fit_links_per_sample(config, ms, mt, ps, pt, init, config.psi_fit_steps,
                                           config.psi_fit_lr)
             loss = F.binary_cross_entropy(links[:, i, j].clamp(1e-6, 1 - 1e-6), target[:, i, j])
         else:

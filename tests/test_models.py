@@ -268,3 +268,14 @@ def test_psi_fit_target_trains_psi_by_bce_only():
     with pytest.raises(ValueError, match="psi_target"):
         m = tiny_skeleton(psi_target="both")
         m.loss_terms(m.run(src, tgt), tgt)
+
+
+def test_psi_fit_init_choices():
+    torch.manual_seed(0)
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    for init in ("zero", "psi"):
+        m = tiny_skeleton(psi_fit_init=init, psi_fit_steps=3)
+        assert torch.isfinite(m.loss_terms(m.run(src, tgt), tgt)["psi_fit"])
+    m = tiny_skeleton(psi_fit_init="last")
+    with pytest.raises(ValueError, match="psi_fit_init"):
+        m.loss_terms(m.run(src, tgt), tgt)

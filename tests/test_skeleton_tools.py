@@ -233,7 +233,8 @@ def test_psi_on_oracle_points_follows_the_body():
         return [render_episode(f"cartpole:{k}", "train", seed=0, index=index + i, frames=8, size=64)
                 for k in (1, 3) for i in range(2)]
 
-    cfg = SkeletonConfig.from_preset("cartpoles", num_points=16, psi_width=8)
+    cfg = SkeletonConfig.from_preset("cartpoles", num_points=16, psi_width=8, psi_target="fit",
+                                     psi_fit_init="zero", near_endpoint_credit=0.5)
     cfg = dataclasses.replace(cfg, weights=dataclasses.replace(cfg.loss_weights(), sparse_joints=1.0))
     train = episodes(0)
     psi, history = O.train_psi(train, cfg, steps=150, batch_size=8, seed=0)

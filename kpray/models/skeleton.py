@@ -51,16 +51,18 @@ class SkeletonConfig:
     psi_maps: str = "peak"          # open: psi's point channels: "peak" (each location map over
                                     # its max, the point's pixel = 1) or "raw" (probabilities,
                                     # ~1e-4 per pixel: 6-9 % of psi's first-layer response)
-    psi_detach_maps: bool = True    # open: True: no gradient from psi's losses into pi through
+    psi_detach_maps: bool = False   # open: True: no gradient from psi's losses into pi through
                                     # psi's input maps
     psi_head: str = "fc"            # open: "fc" (paper: one output per pair) or "pairwise" (one
                                     # head shared by all pairs, reading the image along each pair)
     psi_pair_samples: int = 5       # open: places sampled along a pair (pairwise head)
-    psi_target: str = "fit"         # open: "loss" (paper: psi minimises the structure terms
+    psi_target: str = "loss"        # open: "loss" (paper: psi minimises the structure terms
                                     # through its shared weights) or "fit" (psi regresses, by
                                     # BCE, each sample's own minimiser of the same terms)
-    psi_fit_steps: int = 100        # open: Adam steps of that per-sample fit, from S = 0.5
-                                    # (not from psi's guess, which it would only confirm)
+    psi_fit_steps: int = 100        # open: Adam steps of that per-sample fit ...
+    psi_fit_init: str = "zero"      # open: ... from S = 0.5 ("zero"), or from psi's own logits
+                                    # ("psi": psi then confirms its own guess; measured: one
+                                    # skeleton for every image)
     psi_fit_lr: float = 0.4         # open: its learning rate
     psi_fit_weight: float = 1.0     # open: weight of psi_fit in the total loss
     link_grad_floor: float = 0.0    # open: least slope of the link sigmoid in backward; 0: plain
@@ -76,8 +78,10 @@ class SkeletonConfig:
     preset: str = "cartpoles"       # row of the paper's weight table: see L.PRESETS
     weights: L.LossWeights | None = None  # overrides the preset's weights when given
     pyramid_levels: int = 5
-    recon_reduction: str = "sum"    # open: eq. 1's squared norm, "sum" over pixels (literal) or
-                                    # per-pixel "mean" (12288x smaller at 64x64)
+    recon_reduction: str = "mean"   # open: eq. 1's squared norm, "sum" over pixels (literal) or
+                                    # per-pixel "mean" (12288x smaller at 64x64; with the sum,
+                                    # contiguity stops counting and the points gathered at the
+                                    # image centre in a 2000-step run)
     contiguity_pool: int = 7        # beta
     uniform_pool: int = 5
     uniform_alpha: float = 0.8
@@ -93,8 +97,9 @@ class SkeletonConfig:
                                           # its two endpoints; helps at P = 16, not at P = 32
     near_max: str = "straight_through"  # open: relaxation of eq. 3's max: "straight_through"
                                         # (paper: argmax . softmax) or "softmax" (shared by ties)
-    near_endpoint_credit: float = 0.5  # open: a link's value to its own endpoints in eq. 3, from
-                                       # 0 (= exclude_endpoints) to 1 (literal: d = 0)
+    near_endpoint_credit: float = 1.0  # open: a link's value to its own endpoints in eq. 3, from
+                                       # 0 (= exclude_endpoints) to 1 (literal: d = 0); 0.5 with
+                                       # psi_target="fit" recovers true skeletons on GT points
     structure_moves_points: bool = False  # open: False stops the gradients of near and length at
                                          # the point coordinates (they still reach pi through
                                          # psi's input maps), so they cannot pull points together
@@ -513,7 +518,7 @@ class SkeletonModel(nn.Module):
         background = self.background(target)
         recon = neural_point_transport(source, source_maps, target_maps, background,
                                        c.splat_sigma, c.composite_gamma, c.composite_background)
-        return {"tau": tau, "source_maps": source_maps, "target_maps": target_maps,
+        return {"tau": tau, "source_image": source, "source_maps": source_maps, "target_maps": target_maps,
                 "links": links, "background": background, "reconstruction": recon,
                 "source_points": expected_location(source_maps),
                 "target_points": expected_location(target_maps)}
@@ -531,7 +536,12 @@ class SkeletonModel(nn.Module):
                                         c.recon_reduction),
                  "contiguity": L.contiguity_loss(*maps, c.contiguity_pool)}
         if c.psi_target == "fit":
-            fit = fit_links_per_sample(c, *maps, *pts, None, c.psi_fit_steps, c.psi_fit_lr)
+            init = None
+            if c.psi_fit_init == "psi":
+                init = self.psi.logits(out["source_image"], maps[0]).detach().clamp(-3, 3)
+            elif c.psi_fit_init != "zero":
+                raise ValueError(f"psi_fit_init must be 'psi' or 'zero', got {c.psi_fit_init!r}")
+            fit = fit_links_per_sample(c, *maps, *pts, init, c.psi_fit_steps, c.psi_fit_lr)
             i, j = upper_pairs(c.num_points, links.device)
             terms["psi_fit"] = F.binary_cross_entropy(links[:, i, j].clamp(1e-6, 1 - 1e-6),
                                                       fit[:, i, j])
