@@ -124,7 +124,7 @@ def train_psi(episodes, config, steps: int = 300, batch_size: int = 8, lr: float
             torch.nn.utils.clip_grad_norm_(psi.parameters(), config.grad_clip_norm)
         opt.step()
         hard = (links.detach() >= config.link_threshold).float()
-        entry = {"step": step + 1, "loss": float(loss.detach()), **{k: float(v) for k, v in terms.items()},
+        entry = {"step": step + 1, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()},
                  "links": float(hard.sum(dim=(1, 2)).mean() / 2),
                  "links_std": float(hard.sum(dim=(1, 2)).std() / 2) if batch_size > 1 else 0.0}
         history.append(entry)
