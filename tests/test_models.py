@@ -260,7 +260,7 @@ def test_psi_fit_target_trains_psi_by_bce_only():
     out = model.run(src, tgt, step=0)
     out["links"].retain_grad()
     terms = model.loss_terms(out, tgt)
-    assert "psi_fit" in terms and 0 < float(terms["psi_fit"]) < 10
+    assert "psi_fit" in terms and 0 < float(terms["psi_fit"].detach()) < 10
     structure = terms["near"] + terms["sparse_joints"] + terms["uniform"] + terms["length"]
     assert not structure.requires_grad                      # links and points both detached
     terms["psi_fit"].backward()
@@ -274,8 +274,8 @@ def test_psi_fit_init_choices():
     torch.manual_seed(0)
     src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     for init in ("zero", "psi"):
-        m = tiny_skeleton(psi_fit_init=init, psi_fit_steps=3)
+        m = tiny_skeleton(psi_target="fit", psi_fit_init=init, psi_fit_steps=3)
         assert torch.isfinite(m.loss_terms(m.run(src, tgt), tgt)["psi_fit"])
-    m = tiny_skeleton(psi_fit_init="last")
+    m = tiny_skeleton(psi_target="fit", psi_fit_init="last")
     with pytest.raises(ValueError, match="psi_fit_init"):
         m.loss_terms(m.run(src, tgt), tgt)

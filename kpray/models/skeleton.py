@@ -79,9 +79,8 @@ class SkeletonConfig:
     weights: L.LossWeights | None = None  # overrides the preset's weights when given
     pyramid_levels: int = 5
     recon_reduction: str = "mean"   # open: eq. 1's squared norm, "sum" over pixels (literal) or
-                                    # per-pixel "mean" (12288x smaller at 64x64; with the sum,
-                                    # contiguity stops counting and the points gathered at the
-                                    # image centre in a 2000-step run)
+                                    # per-pixel "mean" (12288x smaller at 64x64; the runs that
+                                    # kept pi's points on the object used it)
     contiguity_pool: int = 7        # beta
     uniform_pool: int = 5
     uniform_alpha: float = 0.8
