@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     from kpray.models.skeleton import PAPER_LITERAL, SkeletonModel, link_coverages
     from kpray.train.cli import parse_set_items
     from kpray.train.data import make_loader, to_device
-    from kpray.train.models import SkeletonAdapter, make_model_config
+    from kpray.train.models import make_model_config
+    from kpray.train.skeleton_adapter import SkeletonAdapter
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -31,7 +31,7 @@ def test_one_hot_maps_put_each_point_on_its_pixel():
 
 
 def test_points_on_mask_hand_case():
-    from kpray.train.models import points_on_mask
+    from kpray.train.skeleton_adapter import points_on_mask
 
     masks = np.zeros((1, 8, 8), bool)
     masks[0, 2, 2] = True
@@ -53,7 +53,7 @@ def test_skeleton_diagnostics_split_gradients_by_network():
     import dataclasses
 
     from kpray.models.skeleton import SkeletonConfig, SkeletonModel
-    from kpray.train.models import SkeletonAdapter
+    from kpray.train.skeleton_adapter import SkeletonAdapter
 
     torch.manual_seed(0)
     model = SkeletonModel(SkeletonConfig.from_preset(
