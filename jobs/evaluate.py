@@ -38,8 +38,8 @@ def fail(msg: str) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from kpray.evaluation import (EvaluationError, evaluate_videos, load_predictions,
-                                  predict_from_checkpoint)
+    from kpray.evaluation import EvaluationError, evaluate_videos, load_predictions
+    from kpray.train.predict import predict_from_checkpoint
 
     try:
         from kpray.data import iter_episodes

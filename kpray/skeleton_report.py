@@ -1,7 +1,7 @@
 """Does the skeleton model learn? A trained checkpoint against three references on test episodes.
 
 - the trained model: joints = points with a link >= 0.5, links from one seeded random frame per
-  video (the paper's protocol, as ``kpray.evaluation.predict_from_checkpoint``);
+  video (the paper's protocol, as ``kpray.train.predict.predict_from_checkpoint``);
 - the untrained model: the same configuration, freshly initialised (seed 0), same protocol;
 - the best constant skeleton: one link matrix [P, P] used for every video, on the trained
   model's points; the candidates are the trained model's own thresholded link matrices of all
@@ -85,18 +85,12 @@ def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = 
 
     from kpray.evaluation import EvaluationError
     from kpray.metrics import PAPER_TABLE_I, PAPER_TABLE_II, paper_epsilon
-    from kpray.train.config import TrainConfig
-    from kpray.train.loop import load_state
     from kpray.train.models import get_adapter
-    from kpray.train.trainer import latest_state
+    from kpray.train.predict import load_checkpoint
 
     if not episodes:
         raise EvaluationError("no test episodes to compare on")
-    state = load_state(checkpoint) if os.path.exists(os.path.join(checkpoint, "state.pt")) else (
-        latest_state(checkpoint) if os.path.isdir(checkpoint) else None)
-    if state is None:
-        raise EvaluationError(f"no checkpoint at {checkpoint}: give a checkpoint_*/ folder or a run folder")
-    cfg = TrainConfig.from_dict(state["config"])
+    state, cfg = load_checkpoint(checkpoint)
     if cfg.model != "skeleton":
         raise EvaluationError(f"{checkpoint} holds a {cfg.model} model; this compares skeleton models")
     dataset = dataset or str(episodes[0].get("meta", {}).get("dataset", ""))
@@ -172,7 +166,7 @@ def skeletons_figure(episodes: list[dict], preds: list[tuple], thr: float = 0.5,
     skeleton above, the predicted joints and links below. preds: (points [T, P, 2] pixels,
     links [P, P]) per episode, as ``_predict_all``. Returns a PIL image."""
     from kpray.metrics import select_skeleton
-    from kpray.train.models import draw_points, grid
+    from kpray.train.adapter import draw_points, grid
 
     first = {}
     for ep, pr in zip(episodes, preds):
