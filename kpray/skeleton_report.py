@@ -121,8 +121,10 @@ def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = 
             best, best_bcc = recs, bcc
     records["best constant skeleton"] = best
 
-    family = next((d for d in PAPER_TABLE_I["ours"] if dataset == d or
-                   dataset.split(":")[0] + "s" == d), None)
+    from kpray.losses.skeleton import preset_for_dataset
+
+    family = preset_for_dataset(dataset)           # cartpole:3 -> cartpoles, walker -> mwhc
+    family = family if family in PAPER_TABLE_I["ours"] else None
     paper = {}
     if family is not None:
         t1, t2 = PAPER_TABLE_I["ours"][family], PAPER_TABLE_II["ours"][family]
@@ -141,8 +143,9 @@ def to_markdown(c: dict) -> str:
     """The comparison as Markdown tables (metrics, then link and joint counts per body)."""
     names = list(c["rows"])
     head = "| metric | " + " | ".join(names) + " | paper (full scale) |"
+    paper = f", paper's row: {c['paper_dataset']}" if c.get("paper_dataset") else ""
     lines = [f"Skeleton model on {c['dataset']} after {c['steps']} steps: {c['videos']} test "
-             f"videos, eps {c['eps']}", "", head, "|" + " --- |" * (len(names) + 2)]
+             f"videos, eps {c['eps']}{paper}", "", head, "|" + " --- |" * (len(names) + 2)]
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
     for k, label, higher in KEYS:
         arrow = "higher" if higher else "lower"
