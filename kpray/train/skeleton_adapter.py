@@ -142,7 +142,8 @@ class SkeletonAdapter(Adapter):
         """The metrics of ``score_metrics`` (links of each video from one random frame, seeded
         by the run's seed and the episode index, as the paper does), and:
         ``val_points_on_object`` (fraction of points, all frames, on the object's mask dilated by
-        one pixel) against ``val_mask_fraction`` (the mask's share of the image: chance level),
+        one pixel) against ``val_mask_fraction`` (the undilated mask's share of the image; the
+        chance level of the former is the dilated mask's share, larger for thin limbs),
         ``val_joint_count_spearman`` (rank correlation over videos of the predicted and true
         number of joints; 0 when either is constant), and per body kind B
         ``val_joints_B`` and ``val_links_B`` (B without its colon, e.g. cartpole3)."""
