@@ -357,6 +357,12 @@ def select_skeleton(points, link_prob, thr: float = 0.5) -> tuple[np.ndarray, np
     return points[:, idx], adj[np.ix_(idx, idx)]
 
 
+def link_frame(seed: int, index: int, frames: int) -> int:
+    """The frame whose predicted links stand for a whole video: one random frame, as the paper
+    does, seeded by ``seed`` and the episode ``index`` so every evaluation picks the same one."""
+    return int(np.random.default_rng([seed, index]).integers(frames))
+
+
 def autolink_adjacency(edge_weights, method: str = "max", thr: float = 0.5) -> np.ndarray:
     """AutoLink's shared graph -> bool adjacency ``[K, K]``.
 

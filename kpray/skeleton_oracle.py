@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kpray.ops.coords import to_normalised, to_pixels
 
@@ -91,8 +90,7 @@ def train_psi(episodes, config, steps: int = 300, batch_size: int = 8, lr: float
     weighted total, each unweighted term, and the links per image and their spread over the
     batch). log: called with each history entry (e.g. a progress bar)."""
     from kpray.losses import skeleton as L
-    from kpray.models.skeleton import fit_links_per_sample, make_psi, structure_terms
-    from kpray.ops.edge_map import upper_pairs
+    from kpray.models.skeleton import make_psi, psi_fit_loss, structure_terms
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -109,11 +107,7 @@ def train_psi(episodes, config, steps: int = 300, batch_size: int = 8, lr: float
         terms = structure_terms(config, links, ms, mt, ps, pt)
         w = L.effective_weights(weights, step, config.ramp_steps)
         if config.psi_target == "fit":
-            i, j = upper_pairs(config.num_points)
-            init = psi.logits(img, ms).detach().clamp(-3, 3) if config.psi_fit_init == "psi" else None
-            target = fit_links_per_sample(config, ms, mt, ps, pt, init, config.psi_fit_steps,
-                                          config.psi_fit_lr)
-            loss = F.binary_cross_entropy(links[:, i, j].clamp(1e-6, 1 - 1e-6), target[:, i, j])
+            loss = psi_fit_loss(config, links, ms, mt, ps, pt)
         else:
             loss = sum(w[k] * v for k, v in terms.items())
         opt.zero_grad(set_to_none=True)

@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from kpray.metrics import spearman  # noqa: F401 - part of this module's API
+from kpray.metrics import link_frame, spearman
 
 KEYS = (("joint_f1", "joint F1", True), ("dist", "joint distance", False),
         ("diff", "joint count difference", False), ("consistency", "consistency", True),
@@ -71,8 +71,7 @@ def _predict_all(adapter, model, episodes, seed: int) -> list[tuple[np.ndarray, 
     out = []
     for ep in episodes:
         p = adapter.predict(model, ep["frames"])
-        rng = np.random.default_rng([seed, int(ep.get("meta", {}).get("index", 0))])
-        f = int(rng.integers(len(p["links"])))
+        f = link_frame(seed, int(ep.get("meta", {}).get("index", 0)), len(p["links"]))
         out.append((p["points"], p["links"][f]))
     return out
 

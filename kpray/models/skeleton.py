@@ -456,6 +456,24 @@ def fit_links_per_sample(c: SkeletonConfig, source_maps, target_maps, source_poi
         return links().detach()
 
 
+def psi_fit_loss(c: SkeletonConfig, links: torch.Tensor, source_maps, target_maps, source_points,
+                 target_points) -> torch.Tensor:
+    """``psi_target="fit"``: binary cross-entropy of psi's links [B, P, P] to each sample's own
+    minimiser of the structure terms (``fit_links_per_sample``), started from S = 0.5 or, with
+    ``psi_fit_init="psi"``, from psi's own logits (clamped to +-3)."""
+    i, j = upper_pairs(c.num_points, links.device)
+    s = links[:, i, j].clamp(1e-6, 1 - 1e-6)
+    if c.psi_fit_init == "psi":
+        init = torch.logit(s.detach()).clamp(-3, 3)
+    elif c.psi_fit_init == "zero":
+        init = None
+    else:
+        raise ValueError(f"psi_fit_init must be 'psi' or 'zero', got {c.psi_fit_init!r}")
+    fit = fit_links_per_sample(c, source_maps, target_maps, source_points, target_points, init,
+                               c.psi_fit_steps, c.psi_fit_lr)
+    return F.binary_cross_entropy(s, fit[:, i, j])
+
+
 # ---------------------------------------------------------------- the model
 
 @dataclass
@@ -517,7 +535,7 @@ class SkeletonModel(nn.Module):
         background = self.background(target)
         recon = neural_point_transport(source, source_maps, target_maps, background,
                                        c.splat_sigma, c.composite_gamma, c.composite_background)
-        return {"tau": tau, "source_image": source, "source_maps": source_maps, "target_maps": target_maps,
+        return {"tau": tau, "source_maps": source_maps, "target_maps": target_maps,
                 "links": links, "background": background, "reconstruction": recon,
                 "source_points": expected_location(source_maps),
                 "target_points": expected_location(target_maps)}
@@ -535,15 +553,7 @@ class SkeletonModel(nn.Module):
                                         c.recon_reduction),
                  "contiguity": L.contiguity_loss(*maps, c.contiguity_pool)}
         if c.psi_target == "fit":
-            init = None
-            if c.psi_fit_init == "psi":
-                init = self.psi.logits(out["source_image"], maps[0]).detach().clamp(-3, 3)
-            elif c.psi_fit_init != "zero":
-                raise ValueError(f"psi_fit_init must be 'psi' or 'zero', got {c.psi_fit_init!r}")
-            fit = fit_links_per_sample(c, *maps, *pts, init, c.psi_fit_steps, c.psi_fit_lr)
-            i, j = upper_pairs(c.num_points, links.device)
-            terms["psi_fit"] = F.binary_cross_entropy(links[:, i, j].clamp(1e-6, 1 - 1e-6),
-                                                      fit[:, i, j])
+            terms["psi_fit"] = psi_fit_loss(c, links, *maps, *pts)
             links = links.detach()
         elif c.psi_target != "loss":
             raise ValueError(f"psi_target must be 'loss' or 'fit', got {c.psi_target!r}")

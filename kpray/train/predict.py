@@ -42,7 +42,7 @@ def predict_from_checkpoint(path: str, episodes: Iterable[Mapping], seed: int = 
     """
     import torch
 
-    from kpray.metrics import select_skeleton
+    from kpray.metrics import link_frame, select_skeleton
     from kpray.train.models import get_adapter
 
     state, cfg = load_checkpoint(path)
@@ -58,7 +58,7 @@ def predict_from_checkpoint(path: str, episodes: Iterable[Mapping], seed: int = 
             idx = int(ep["meta"]["index"])
             if cfg.model == "skeleton":
                 p = adapter.predict(model, ep["frames"])
-                t = int(np.random.default_rng([seed, idx]).integers(len(ep["frames"])))
+                t = link_frame(seed, idx, len(ep["frames"]))
                 points, adj = select_skeleton(p["points"], p["links"][t])
             else:
                 points, adj = adapter.keypoints(model, ep["frames"]), adapter._adjacency(model)

@@ -148,8 +148,7 @@ class SkeletonAdapter(Adapter):
         number of joints; 0 when either is constant), and per body kind B
         ``val_joints_B`` and ``val_links_B`` (B without its colon, e.g. cartpole3)."""
         from kpray.evaluation import evaluate_video
-        from kpray.metrics import select_skeleton
-        from kpray.metrics import spearman
+        from kpray.metrics import link_frame, select_skeleton, spearman
 
         model.eval()
         test = data["test"]
@@ -159,8 +158,7 @@ class SkeletonAdapter(Adapter):
         recs, on, cover, counts, bodies = [], [], [], [], {}
         for ep in test:
             p = self.predict(model, ep["frames"])
-            rng = np.random.default_rng([cfg.seed, int(ep["meta"].get("index", 0))])
-            f = int(rng.integers(len(p["links"])))
+            f = link_frame(cfg.seed, int(ep["meta"].get("index", 0)), len(p["links"]))
             joints, adj = select_skeleton(p["points"], p["links"][f])
             recs.append(evaluate_video(ep, joints, adj, eps))
             counts.append((joints.shape[1], ep["joints"].shape[1]))
