@@ -34,11 +34,17 @@ Where the papers are loose, and the definitions we use
   [-1, 1]". With pixel centres at integers 0..S-1 we map ``u = 2 x / (S - 1) - 1`` (the centres
   of the first and last pixels land on -1 and +1, as ``torch.linspace(-1, 1, S)``; x uses the
   width, y the height). :func:`normalise_pixels`.
-- Regression (AutoLink 4.1): a linear map without bias, least squares; inputs in pixels with the
-  origin at the top-left pixel centre. The official code regresses from ``[0, 1]``-scaled
-  keypoints, which differs from pixels by a scale factor only, so (without bias) the fitted
-  predictions are the same up to the half-pixel offset of its convention. Rank-deficient
-  systems use numpy's minimum-norm least-squares solution.
+- Regression (AutoLink 4.1): least squares from detected keypoints to GT joints, inputs in
+  pixels with the origin at the top-left pixel centre; three protocols
+  (:func:`regression_details`). ``"plain"``: a linear map without bias. ``"h36m"``: the official
+  Human3.6M evaluation: no bias, left/right GT exchange, mean + 3 std outlier rejection.
+  ``"taichi"``: the official Taichi evaluation: bias, per-coordinate fits and MAE, missing joints
+  skipped; we average the per-coordinate MAE where the official code sums it.
+  :func:`default_regression_protocol` is ours: ``"h36m"`` for every simulated body, left/right
+  pairs from the joint names. The official code regresses from ``[0, 1]``-scaled keypoints,
+  which differs from pixels by a scale factor only, so (without bias) the fitted predictions
+  are the same up to the half-pixel offset of its convention. Rank-deficient systems use
+  numpy's minimum-norm least-squares solution.
 - AutoLink adjacency: the shared graph's weights of unordered pairs come from the upper
   triangle (i < j), are divided by their maximum and thresholded at ``>= 0.5``
   (:func:`autolink_adjacency`; ``method="minmax"`` is the alternative).
@@ -46,6 +52,7 @@ Where the papers are loose, and the definitions we use
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -296,34 +303,277 @@ def _ratio(num: float, den: float) -> float:
 
 # ----------------------------------------------------------------------------- regression
 
-def regression_error(train_kp, train_gt, test_kp, test_gt, image_size: float) -> float:
+REGRESSION_PROTOCOLS = ("plain", "h36m", "taichi")
+# Our choice for every simulated body (see default_regression_protocol and docs/metrics.md).
+DEFAULT_REGRESSION_PROTOCOL = "h36m"
+_MAX_SWAP_ROUNDS = 100   # guard on the h36m swap iteration (the official loop has none)
+
+
+def _flat_points(a, name: str) -> np.ndarray:
+    """``[N, K, 2]`` or ``[N, 2K]`` -> float64 ``[N, 2K]``; ValueError otherwise."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 3 and a.shape[2] == 2:
+        a = a.reshape(a.shape[0], -1)
+    if a.ndim != 2 or a.shape[1] % 2:
+        raise ValueError(f"{name} must be [N, K, 2] or [N, 2K], got shape {a.shape}")
+    return a
+
+
+def _mean_joint_l2(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Flat ``[N, 2J]`` pair -> ``[N]`` mean over joints of the L2 distance."""
+    d = (pred - gt).reshape(pred.shape[0], -1, 2)
+    return np.sqrt(np.einsum("njc,njc->nj", d, d)).mean(axis=1)
+
+
+def lr_swap_permutation(joint_names: Sequence[str] | None) -> list[int] | None:
+    """The left/right swap of a body's GT joints, from their names.
+
+    joint_names: the ``J`` names of an episode's joints (``meta["joint_names"]``). Two names are a
+    pair when they differ only by a left/right marker: suffix ``_l``/``_r`` or ``_left``/
+    ``_right``, or prefix ``l_``/``r_`` or ``left_``/``right_`` (case-insensitive), e.g. walker's
+    ``knee_r``/``knee_l``. Returns ``perm`` (length J) with ``perm[a] = b`` and ``perm[b] = a`` for
+    every pair and ``perm[j] = j`` otherwise, so that ``gt[:, perm]`` is the GT with left and right
+    exchanged; None when no pair exists (or ``joint_names`` is None).
+    """
+    if joint_names is None:
+        return None
+    names = [str(n) for n in joint_names]
+    markers = [(r"^(.*)_(l|r)$", {"l": "r", "r": "l"}),
+               (r"^(.*)_(left|right)$", {"left": "right", "right": "left"}),
+               (r"^(l|r)_(.*)$", {"l": "r", "r": "l"}),
+               (r"^(left|right)_(.*)$", {"left": "right", "right": "left"})]
+    index = {n.lower(): i for i, n in enumerate(names)}
+    if len(index) != len(names):
+        raise ValueError(f"joint names are not unique: {names}")
+    perm = list(range(len(names)))
+    found = False
+    for i, name in enumerate(names):
+        low = name.lower()
+        for pattern, other in markers:
+            m = re.match(pattern, low)
+            if not m:
+                continue
+            if pattern.startswith("^(.*)"):
+                stem, side = m.group(1), m.group(2)
+                mate = f"{stem}_{other[side]}"
+            else:
+                side, stem = m.group(1), m.group(2)
+                mate = f"{other[side]}_{stem}"
+            j = index.get(mate)
+            if stem and j is not None and j != i and perm[i] == i and perm[j] == j:
+                perm[i], perm[j] = j, i
+                found = True
+                break
+    return perm if found else None
+
+
+def default_regression_protocol(joint_names: Sequence[str] | None = None) -> dict:
+    """Our keypoint-regression protocol for a simulated body: ``{"protocol", "swap"}``.
+
+    Every simulated body (spiders, cartpoles, swimmers, walker, hopper, cheetah, manipulator) is
+    evaluated with the ``"h36m"`` protocol of :func:`regression_error`: our bodies are full
+    articulated figures observed in every frame, as Human3.6M's people are (no missing joints,
+    unlike Taichi's), so AutoLink's Human3.6M procedure fits best. Its left/right swap comes from
+    the joint names (:func:`lr_swap_permutation`, e.g. walker's ``*_r``/``*_l``); a body with no
+    such pair gets ``swap=None``, and the protocol then reduces to the bias-free fit with the
+    mean + 3 std outlier rejection. ``"plain"`` (no swap, no outlier rejection) and ``"taichi"``
+    (bias, per-coordinate MAE) stay selectable in :func:`regression_error`.
+
+    joint_names: ``J`` names (``meta["joint_names"]``) or None.
+    """
+    return {"protocol": DEFAULT_REGRESSION_PROTOCOL, "swap": lr_swap_permutation(joint_names)}
+
+
+def regression_error(train_kp, train_gt, test_kp, test_gt, image_size: float,
+                     protocol: str = "plain", swap: Sequence[int] | None = None,
+                     min_swaps: int = 10, outlier_sigma: float | None = 3.0) -> float:
     """AutoLink's keypoint-regression error (section 4.1), as a fraction of the image size.
 
-    train_kp: ``[N, K, 2]`` (or ``[N, 2K]``) detected keypoints, train_gt: ``[N, J, 2]`` (or
-    ``[N, 2J]``) GT, test_kp ``[M, K, 2]``, test_gt ``[M, J, 2]``; all in pixels. Fits ``W``
-    (``[2K, 2J]``, no bias) minimising ``||X_train W - Y_train||^2`` and returns the mean over test
-    samples and joints of ``||X_test W - Y_test||_2 / image_size`` (multiply by 100 for the
-    papers' percentages).
+    The figure of :func:`regression_details` (see it for the arguments and the protocols);
+    multiply by 100 for the papers' percentages.
     """
-    def flat(a, name):
-        a = np.asarray(a, dtype=np.float64)
-        if a.ndim == 3 and a.shape[2] == 2:
-            a = a.reshape(a.shape[0], -1)
-        if a.ndim != 2 or a.shape[1] % 2:
-            raise ValueError(f"{name} must be [N, K, 2] or [N, 2K], got {a.shape}")
-        return a
+    return regression_details(train_kp, train_gt, test_kp, test_gt, image_size,
+                              protocol=protocol, swap=swap, min_swaps=min_swaps,
+                              outlier_sigma=outlier_sigma)["error"]
 
-    xtr, ytr = flat(train_kp, "train_kp"), flat(train_gt, "train_gt")
-    xte, yte = flat(test_kp, "test_kp"), flat(test_gt, "test_gt")
+
+def regression_details(train_kp, train_gt, test_kp, test_gt, image_size: float,
+                       protocol: str = "plain", swap: Sequence[int] | None = None,
+                       min_swaps: int = 10, outlier_sigma: float | None = 3.0) -> dict:
+    """Keypoint regression from detected keypoints to GT joints (AutoLink section 4.1).
+
+    train_kp: ``[N, K, 2]`` (or ``[N, 2K]``) detected keypoints of the fitting set, train_gt:
+    ``[N, J, 2]`` (or ``[N, 2J]``) its GT joints; test_kp ``[M, K, 2]``, test_gt ``[M, J, 2]``; all
+    in pixels (origin at the top-left pixel centre). image_size: the side ``S`` in pixels (square
+    images); errors are divided by it.
+
+    protocol:
+      - ``"plain"``: ``W`` ``[2K, 2J]`` without bias by least squares on the train set; error =
+        mean over test samples and joints of ``||x W - y||_2 / S``. ``swap``, ``min_swaps`` and
+        ``outlier_sigma`` are ignored.
+      - ``"h36m"``: the official Human3.6M evaluation (``regress_kp``/``test_epoch_end`` of
+        ``datasets/h36m.py``). Train: fit ``W`` (no bias); while more than ``min_swaps`` samples
+        have a smaller mean joint error with their GT's left/right labels exchanged
+        (``gt[:, swap]``), exchange them and refit. Then drop the samples whose mean joint error
+        is not below ``mean + outlier_sigma * std`` (``std`` with ddof 1, as torch's; none dropped
+        when std is 0, or when ``outlier_sigma`` is None) and refit. Test: with that ``W``, the
+        same exchange iteration on the test GT (while more than ``min_swaps`` would swap); error =
+        mean over test samples of the mean over joints of the L2 distance, / S. As in the
+        official loops, the last round's ``<= min_swaps`` candidates are left unswapped.
+        ``swap=None``: no exchange (fit, outlier rejection, refit).
+      - ``"taichi"``: the official Taichi evaluation (``datasets/taichi.py``): one regression
+        WITH bias per GT coordinate (``2J`` of them, features ``[x, 1]``), each fitted on the
+        train samples where that coordinate is present; error = per coordinate, the mean
+        absolute error over the test samples where it is present; then **the mean over
+        coordinates**, / S. Missing coordinates are non-finite (NaN) in the GT: the official
+        code marks them with -1, which in our pixel convention is a valid (off-image) position.
+        The official code reports the **sum** over coordinates of the per-coordinate MAE in
+        pixels (of 256-pixel images); we average over coordinates and divide by S so that the
+        figure is comparable across bodies with different numbers of joints and across image
+        sizes (sum / (2J * S) of the official figure). Coordinates with no train or no test
+        sample present are skipped (NaN error if none is left). ``swap``/``outlier_sigma`` are
+        ignored.
+
+    swap: a permutation of the ``J`` GT joint indices (:func:`lr_swap_permutation`) or None.
+    Least squares use ``numpy.linalg.lstsq`` (minimum-norm solution if rank-deficient; the
+    official code inverts ``X^T X``).
+
+    Returns ``{"error", "protocol", "n_train", "n_train_used", "n_train_swapped",
+    "n_test_swapped"}``: ``n_train_used`` is the number of train samples in the final fit
+    (after outlier rejection), ``n_*_swapped`` the samples whose GT ends up left/right exchanged
+    (0 outside ``"h36m"``).
+    """
+    if protocol not in REGRESSION_PROTOCOLS:
+        raise ValueError(f"unknown regression protocol {protocol!r} (use one of "
+                         f"{', '.join(REGRESSION_PROTOCOLS)})")
+    xtr, ytr = _flat_points(train_kp, "train_kp"), _flat_points(train_gt, "train_gt")
+    xte, yte = _flat_points(test_kp, "test_kp"), _flat_points(test_gt, "test_gt")
     if xtr.shape[0] != ytr.shape[0] or xte.shape[0] != yte.shape[0]:
-        raise ValueError("keypoints and GT must have the same number of samples")
+        raise ValueError(f"keypoints and GT must have the same number of samples: train "
+                         f"{xtr.shape[0]} vs {ytr.shape[0]}, test {xte.shape[0]} vs {yte.shape[0]}")
     if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
-        raise ValueError("train and test must have the same numbers of keypoints and joints")
+        raise ValueError("train and test must have the same numbers of keypoints and joints: "
+                         f"{xtr.shape[1] // 2} vs {xte.shape[1] // 2} keypoints, "
+                         f"{ytr.shape[1] // 2} vs {yte.shape[1] // 2} joints")
     if xtr.shape[0] == 0 or xte.shape[0] == 0:
         raise ValueError("regression needs at least one train and one test sample")
-    w, *_ = np.linalg.lstsq(xtr, ytr, rcond=None)
-    err = (xte @ w - yte).reshape(xte.shape[0], -1, 2)
-    return float(np.linalg.norm(err, axis=2).mean() / image_size)
+    if not (np.isfinite(xtr).all() and np.isfinite(xte).all()):
+        raise ValueError("detected keypoints must be finite")
+    if protocol != "taichi" and not (np.isfinite(ytr).all() and np.isfinite(yte).all()):
+        raise ValueError(f"GT has non-finite values; only protocol 'taichi' skips missing "
+                         f"(NaN) joints, not {protocol!r}")
+    if not np.isscalar(image_size) or not float(image_size) > 0:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size!r}")
+    n_joints = ytr.shape[1] // 2
+    out = {"protocol": protocol, "n_train": int(xtr.shape[0]), "n_train_used": int(xtr.shape[0]),
+           "n_train_swapped": 0, "n_test_swapped": 0}
+    if protocol == "plain":
+        w, *_ = np.linalg.lstsq(xtr, ytr, rcond=None)
+        out["error"] = float(_mean_joint_l2(xte @ w, yte).mean() / image_size)
+    elif protocol == "taichi":
+        out["error"] = _taichi_error(xtr, ytr, xte, yte) / float(image_size)
+        out["n_train_used"] = int(np.isfinite(ytr).all(axis=1).sum())
+    else:
+        perm = _check_swap(swap, n_joints)
+        if int(min_swaps) < 0:
+            raise ValueError(f"min_swaps must be >= 0, got {min_swaps}")
+        if outlier_sigma is not None and not outlier_sigma > 0:
+            raise ValueError(f"outlier_sigma must be positive or None, got {outlier_sigma}")
+        out.update(_h36m_error(xtr, ytr, xte, yte, perm, int(min_swaps), outlier_sigma))
+        out["error"] = out["error"] / float(image_size)
+    return out
+
+
+def _check_swap(swap, n_joints: int) -> np.ndarray | None:
+    """Joint permutation -> flat coordinate permutation ``[2J]`` (None stays None)."""
+    if swap is None:
+        return None
+    p = np.asarray(swap)
+    if p.ndim != 1 or len(p) != n_joints or not np.issubdtype(p.dtype, np.integer) \
+            or sorted(p.tolist()) != list(range(n_joints)):
+        raise ValueError(f"swap must be a permutation of the {n_joints} GT joint indices, "
+                         f"got {list(np.ravel(swap))}")
+    return np.stack([2 * p, 2 * p + 1], axis=1).ravel()
+
+
+def _swap_round(pred: np.ndarray, y: np.ndarray, perm, min_swaps: int) -> tuple[np.ndarray, bool]:
+    """One exchange round: returns (per-sample error of the y it keeps, whether y changed)."""
+    dist = _mean_joint_l2(pred, y)
+    if perm is None:
+        return dist, False
+    swapped = y[:, perm]
+    should = dist > _mean_joint_l2(pred, swapped)
+    if int(should.sum()) > min_swaps:
+        y[should] = swapped[should]
+        return dist, True
+    return dist, False
+
+
+def _h36m_error(xtr, ytr, xte, yte, perm, min_swaps: int, sigma) -> dict:
+    ytr, yte = ytr.copy(), yte.copy()
+    ytr0, yte0 = ytr.copy(), yte.copy()
+    for _ in range(_MAX_SWAP_ROUNDS):               # fit set: swap and refit
+        w, *_ = np.linalg.lstsq(xtr, ytr, rcond=None)
+        dist, changed = _swap_round(xtr @ w, ytr, perm, min_swaps)
+        if not changed:
+            break
+    keep = np.ones(len(dist), dtype=bool)
+    if sigma is not None and len(dist) > 1:
+        std = dist.std(ddof=1)
+        if std > 0:
+            keep = dist < dist.mean() + sigma * std
+    if not keep.all():
+        w, *_ = np.linalg.lstsq(xtr[keep], ytr[keep], rcond=None)
+    pred = xte @ w
+    for _ in range(_MAX_SWAP_ROUNDS):               # test set: swap with the fixed fit
+        dist, changed = _swap_round(pred, yte, perm, min_swaps)
+        if not changed:
+            break
+    return {"error": float(dist.mean()), "n_train_used": int(keep.sum()),
+            "n_train_swapped": int((ytr != ytr0).any(axis=1).sum()),
+            "n_test_swapped": int((yte != yte0).any(axis=1).sum())}
+
+
+def _taichi_error(xtr, ytr, xte, yte) -> float:
+    """Mean over GT coordinates of the test MAE (pixels) of per-coordinate fits with bias."""
+    ftr = np.concatenate([xtr, np.ones((len(xtr), 1))], axis=1)
+    fte = np.concatenate([xte, np.ones((len(xte), 1))], axis=1)
+    scores = []
+    for c in range(ytr.shape[1]):
+        tr, te = np.isfinite(ytr[:, c]), np.isfinite(yte[:, c])
+        if not tr.any() or not te.any():
+            continue
+        beta, *_ = np.linalg.lstsq(ftr[tr], ytr[tr, c], rcond=None)
+        scores.append(np.abs(fte[te] @ beta - yte[te, c]).mean())
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def keypoint_spread(points) -> float:
+    """Mean over images of the mean pairwise Euclidean distance between an image's points.
+
+    points: ``[N, K, 2]`` (any units; the result is in the same units), K >= 2. For each image,
+    the mean over the ``K (K - 1) / 2`` unordered pairs ``i < j`` of ``||p_i - p_j||``; then the
+    mean over the N images.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 3 or p.shape[2] != 2:
+        raise ValueError(f"points must be [N, K, 2], got shape {p.shape}")
+    if p.shape[0] == 0 or p.shape[1] < 2:
+        raise ValueError(f"spread needs at least one image and two points, got shape {p.shape}")
+    iu, ju = np.triu_indices(p.shape[1], k=1)
+    return float(np.linalg.norm(p[:, iu] - p[:, ju], axis=2).mean())
+
+
+def spread_ratio(kp, gt) -> float:
+    """``keypoint_spread(kp) / keypoint_spread(gt)``: how spread the detected keypoints are
+    relative to the GT joints (issue 12 asks for >= 0.6; keypoints collapsed onto a point give
+    0). kp: ``[N, K, 2]``, gt: ``[N, J, 2]``, same units and images. NaN when the GT spread is 0.
+    """
+    kp, gt = np.asarray(kp), np.asarray(gt)
+    if kp.ndim == 3 and gt.ndim == 3 and kp.shape[0] != gt.shape[0]:
+        raise ValueError(f"kp has {kp.shape[0]} images, gt has {gt.shape[0]}")
+    den = keypoint_spread(gt)
+    return keypoint_spread(kp) / den if den > 0 else math.nan
 
 
 # ----------------------------------------------------------------------------- model outputs

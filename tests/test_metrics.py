@@ -266,6 +266,160 @@ def test_regression_hand_case():
                               test_kp.reshape(1, 2), test_gt, 10) == pytest.approx(0.5)
 
 
+WALKER = ["neck", "hip", "knee_r", "ankle_r", "toe_r", "knee_l", "ankle_l", "toe_l"]
+
+
+def test_lr_swap_permutation():
+    assert M.lr_swap_permutation(WALKER) == [0, 1, 5, 6, 7, 2, 3, 4]
+    assert M.lr_swap_permutation(["a", "b"]) is None
+    assert M.lr_swap_permutation(None) is None
+    assert M.lr_swap_permutation(["left_hand", "head", "right_hand"]) == [2, 1, 0]
+    assert M.lr_swap_permutation(["hip_left", "hip_right", "l_eye", "r_eye"]) == [1, 0, 3, 2]
+    assert M.lr_swap_permutation(["knee_r", "ankle_l"]) is None       # no mate of its own
+    assert M.lr_swap_permutation(["hip_1", "knee_1", "foot_1"]) is None  # a spider's legs
+    assert M.default_regression_protocol(WALKER) == {"protocol": "h36m",
+                                                     "swap": [0, 1, 5, 6, 7, 2, 3, 4]}
+    assert M.default_regression_protocol(["hinge_1", "tip"]) == {"protocol": "h36m", "swap": None}
+
+
+def _walker_set(seed, n_train=200, n_test=100, flip_train=0.0, flip_test=0.5):
+    """Keypoints = the true joints; GT with left/right labels flipped in a share of frames."""
+    rng = np.random.default_rng(seed)
+    perm = M.lr_swap_permutation(WALKER)
+    tr, te = rng.uniform(0, 64, (n_train, 8, 2)), rng.uniform(0, 64, (n_test, 8, 2))
+    tr_gt, te_gt = tr.copy(), te.copy()
+    for gt, share in ((tr_gt, flip_train), (te_gt, flip_test)):
+        flip = rng.random(len(gt)) < share
+        gt[flip] = gt[flip][:, perm]
+    return tr, tr_gt, te, te_gt, perm
+
+
+def test_regression_h36m_swaps_flipped_labels():
+    tr, tr_gt, te, te_gt, perm = _walker_set(0)
+    plain = M.regression_error(tr, tr_gt, te, te_gt, 64)
+    assert plain > 0.1                                   # half the test frames are mislabelled
+    assert M.regression_error(tr, tr_gt, te, te_gt, 64, protocol="plain", swap=perm) == plain
+    d = M.regression_details(tr, tr_gt, te, te_gt, 64, protocol="h36m", swap=perm)
+    assert d["error"] == pytest.approx(0, abs=1e-9)
+    assert d["n_test_swapped"] > 10 and d["n_train_swapped"] == 0 and d["n_train_used"] == 200
+    # without a swap the h36m protocol cannot undo the flips
+    assert M.regression_error(tr, tr_gt, te, te_gt, 64, protocol="h36m") > 0.1
+    # flipped fitting labels too: the swap iteration repairs the fit
+    tr, tr_gt, te, te_gt, perm = _walker_set(1, flip_train=0.3)
+    assert M.regression_error(tr, tr_gt, te, te_gt, 64) > 0.1
+    d = M.regression_details(tr, tr_gt, te, te_gt, 64, protocol="h36m", swap=perm)
+    assert d["error"] == pytest.approx(0, abs=1e-9) and d["n_train_swapped"] > 10
+
+
+def test_regression_h36m_leaves_at_most_min_swaps():
+    """As the official loop: a round with <= min_swaps candidates swaps nothing."""
+    tr, tr_gt, te, te_gt, perm = _walker_set(2, n_test=8, flip_test=1.0)
+    d = M.regression_details(tr, tr_gt, te, te_gt, 64, protocol="h36m", swap=perm)
+    assert d["n_test_swapped"] == 0 and d["error"] > 0.1
+    d = M.regression_details(tr, tr_gt, te, te_gt, 64, protocol="h36m", swap=perm, min_swaps=0)
+    assert d["n_test_swapped"] == 8 and d["error"] == pytest.approx(0, abs=1e-9)
+
+
+def test_regression_h36m_drops_outliers():
+    rng = np.random.default_rng(3)
+    K, J = 5, 4
+    w = rng.normal(size=(2 * K, 2 * J))
+    f = lambda x: (x.reshape(len(x), -1) @ w).reshape(len(x), J, 2)  # noqa: E731
+    tr, te = rng.uniform(0, 64, (200, K, 2)), rng.uniform(0, 64, (50, K, 2))
+    tr_gt = f(tr) + rng.normal(scale=0.01, size=(200, J, 2))
+    clean_plain = M.regression_error(tr, tr_gt, te, f(te), 64)
+    clean_h36m = M.regression_error(tr, tr_gt, te, f(te), 64, protocol="h36m")
+    assert clean_plain < 1e-3 and clean_h36m < 1e-3
+    tr_gt[17] += 5000.0                                             # one corrupted sample
+    assert M.regression_error(tr, tr_gt, te, f(te), 64) > 10 * clean_plain + 0.01
+    d = M.regression_details(tr, tr_gt, te, f(te), 64, protocol="h36m")
+    assert d["n_train_used"] == 199
+    assert d["error"] == pytest.approx(clean_h36m, rel=0.2, abs=1e-6)
+    # no rejection: the corrupted sample stays in the fit
+    assert M.regression_error(tr, tr_gt, te, f(te), 64, protocol="h36m",
+                              outlier_sigma=None) > 0.01
+    # a perfect fit (std 0) drops nothing
+    assert M.regression_details(tr, f(tr), te, f(te), 64, protocol="h36m")["n_train_used"] == 200
+
+
+def test_regression_taichi_bias_and_missing():
+    rng = np.random.default_rng(4)
+    K, J = 3, 4
+    a = rng.normal(size=(2 * K, 2 * J))
+    b = rng.uniform(10, 50, 2 * J)
+    f = lambda x: (x.reshape(len(x), -1) @ a + b).reshape(len(x), J, 2)  # noqa: E731
+    tr, te = rng.uniform(0, 64, (60, K, 2)), rng.uniform(0, 64, (30, K, 2))
+    tr_gt, te_gt = f(tr), f(te)
+    assert M.regression_error(tr, tr_gt, te, te_gt, 64, protocol="taichi") == \
+        pytest.approx(0, abs=1e-9)
+    assert M.regression_error(tr, tr_gt, te, te_gt, 64) > 0.01           # no bias: not exact
+    # a missing joint (NaN) in some train and test samples is skipped, not scored
+    tr_gt[:20, 1] = np.nan
+    te_gt[:10, 2] = np.nan
+    te_gt[:5, 3, 0] = np.nan
+    assert M.regression_error(tr, tr_gt, te, te_gt, 64, protocol="taichi") == \
+        pytest.approx(0, abs=1e-9)
+    with pytest.raises(ValueError, match="taichi"):
+        M.regression_error(tr, tr_gt, te, te_gt, 64, protocol="h36m")
+
+
+def test_regression_taichi_hand_case():
+    """K = J = 1, GT = keypoints + (3, -1) on train. Test GT off the fit by +2 in x in every
+    sample and by +4 in y in the one sample whose y is missing: MAE x = 2, y = 0, mean 1."""
+    train_kp = np.array([[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]], [[2.0, 5.0]]])
+    train_gt = train_kp + [3.0, -1.0]
+    test_kp = np.array([[[1.0, 1.0]], [[4.0, 2.0]]])
+    test_gt = test_kp + [5.0, -1.0]
+    test_gt[1, 0, 1] = np.nan                         # (would be off by 4 if present)
+    assert M.regression_error(train_kp, train_gt, test_kp, test_gt, 10,
+                              protocol="taichi") == pytest.approx(1 / 10)
+    # a coordinate present nowhere in the test set is skipped; none at all gives NaN
+    test_gt[:, 0, 1] = np.nan
+    assert M.regression_error(train_kp, train_gt, test_kp, test_gt, 10,
+                              protocol="taichi") == pytest.approx(2 / 10)
+    test_gt[:] = np.nan
+    assert math.isnan(M.regression_error(train_kp, train_gt, test_kp, test_gt, 10,
+                                         protocol="taichi"))
+
+
+def test_regression_bad_input():
+    kp, gt = np.zeros((5, 3, 2)), np.zeros((5, 2, 2))
+    with pytest.raises(ValueError, match="protocol"):
+        M.regression_error(kp, gt, kp, gt, 64, protocol="h3.6m")
+    with pytest.raises(ValueError, match="swap"):
+        M.regression_error(kp, gt, kp, gt, 64, protocol="h36m", swap=[0, 0])
+    with pytest.raises(ValueError, match="swap"):
+        M.regression_error(kp, gt, kp, gt, 64, protocol="h36m", swap=[1, 0, 2])
+    with pytest.raises(ValueError, match=r"\[N, K, 2\]"):
+        M.regression_error(np.zeros((5, 3, 3)), gt, kp, gt, 64)
+    with pytest.raises(ValueError, match="same number of samples"):
+        M.regression_error(kp, gt[:4], kp, gt, 64)
+    with pytest.raises(ValueError, match="numbers of keypoints"):
+        M.regression_error(kp, gt, kp[:, :2], gt, 64)
+    with pytest.raises(ValueError, match="image_size"):
+        M.regression_error(kp, gt, kp, gt, 0)
+
+
+def test_keypoint_spread_hand_case():
+    # image 1: a 3-4-5 triangle, pairwise distances 3, 4, 5 -> 4; image 2: all at one point -> 0
+    pts = np.array([[[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], [[1.0, 1.0]] * 3])
+    assert M.keypoint_spread(pts) == pytest.approx(2.0)
+    gt = np.array([[[0.0, 0.0], [10.0, 0.0]], [[0.0, 0.0], [0.0, 10.0]]])   # spread 10
+    assert M.spread_ratio(pts, gt) == pytest.approx(0.2)
+    assert math.isnan(M.spread_ratio(pts, np.zeros((2, 2, 2))))
+    rng = np.random.default_rng(5)                                        # brute force
+    p = rng.normal(size=(4, 5, 2))
+    brute = np.mean([np.mean([np.linalg.norm(img[i] - img[j]) for i in range(5)
+                              for j in range(i + 1, 5)]) for img in p])
+    assert M.keypoint_spread(p) == pytest.approx(brute)
+    with pytest.raises(ValueError, match="two points"):
+        M.keypoint_spread(np.zeros((3, 1, 2)))
+    with pytest.raises(ValueError, match=r"\[N, K, 2\]"):
+        M.keypoint_spread(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="images"):
+        M.spread_ratio(p, p[:2])
+
+
 # --------------------------------------------------------------------------- helpers
 
 def test_normalise_pixels():
