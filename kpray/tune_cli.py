@@ -62,7 +62,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
         a("--thickness-min", type=float, default=1e-5, help="lower end of the log range (default 1e-5)")
         a("--thickness-max", type=float, default=1e-1, help="upper end of the log range (default 1e-1)")
         a("--random-backbone", action="store_true",
-          help="randomly initialised LPIPS backbone (tests only; no ImageNet weights needed)")
+          help="random (fixed-seed) backbone for the vgg/lpips loss (tests only; no ImageNet "
+               "weights needed); --set loss=pixel_grad needs no weights at all")
     else:
         a("--literal", action="store_true",
           help="every trial reads the paper literally where our defaults depart from it "

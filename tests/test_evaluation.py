@@ -245,7 +245,7 @@ def test_plots_standalone(tmp_path):
 TINY_MODELS = {
     "skeleton": ("cartpoles", {"pi_width": 8, "psi_width": 8, "background_width": 8, "num_points": 6}),
     "autolink": (None, {"num_keypoints": 4, "detector_width": 8, "decoder_width": 8,
-                        "pretrained": False}),
+                        "loss": "pixel_grad", "pretrained": False}),
 }
 
 

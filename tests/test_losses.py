@@ -154,6 +154,91 @@ def test_pretrained_without_weights_names_the_file(net, tmp_path, monkeypatch):
     assert os.path.join(str(tmp_path), "hub", "checkpoints") in msg
 
 
+def test_random_backbones_do_not_depend_on_the_global_seed():
+    """Every DDP rank must build the same loss network: random backbones come from a fixed
+    seed, not from the rank's RNG (issue 12, finding 5)."""
+    from kpray.losses.autolink import LPIPSLoss, VGGPerceptualLoss
+
+    nets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        nets.append((VGGPerceptualLoss(pretrained=False, resize=0), LPIPSLoss("alex", False)))
+        assert torch.equal(torch.get_rng_state(), state)                  # global RNG untouched
+    for a, b in zip(*nets):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    lp = nets[0][1].lpips
+    assert not lp.lpips                    # no ImageNet-calibrated linear layers on random features
+
+
+def test_vgg_loss_is_l1_over_four_relu_layers():
+    from kpray.losses.autolink import IMAGENET_MEAN, IMAGENET_STD, VGGPerceptualLoss, vgg16_features
+
+    loss = VGGPerceptualLoss(pretrained=False, resize=40)
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    f = vgg16_features(None, pretrained=False)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    a, b = [torch.nn.functional.interpolate((t - mean) / std, size=(40, 40), mode="bilinear",
+                                            align_corners=False) for t in (x, y)]
+    want = 0.0
+    for end in (4, 9, 16, 23):               # relu1_2, relu2_2, relu3_3, relu4_3
+        want += (f[:end](a) - f[:end](b)).abs().mean()
+    assert loss(x, y).item() == pytest.approx(want.item(), rel=1e-5)
+    assert loss(x, x).item() == 0
+    assert not any(p.requires_grad for p in loss.parameters())
+    loss.train()
+    assert not loss.training
+
+
+def test_vgg_weights_file(tmp_path):
+    """--perceptual-weights: a torchvision VGG16 state dict is loaded; a missing or unfitting file
+    is one line naming it."""
+    from torchvision.models import vgg16
+
+    from kpray.losses.autolink import VGGPerceptualLoss
+
+    torch.manual_seed(5)
+    ref = vgg16(weights=None)
+    path = tmp_path / "vgg16.pth"
+    torch.save(ref.state_dict(), path)
+    loss = VGGPerceptualLoss(weights=str(path), resize=0)
+    assert torch.equal(loss.blocks[3][-2].weight, ref.features[21].weight)
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        VGGPerceptualLoss(weights=str(tmp_path / "nothere.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(3)}, bad)
+    with pytest.raises(ValueError, match="bad.pth") as err:
+        VGGPerceptualLoss(weights=str(bad))
+    assert "\n" not in str(err.value)
+
+
+def test_pixel_grad_and_laplacian_losses_by_hand():
+    from kpray.losses.autolink import LaplacianLoss, PixelGradientLoss, laplacian_pyramid
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    # a constant offset c changes the pixels by c, no gradient, and only the low-pass level
+    # (2x2 after 4 halvings, weight 2^4)
+    c = 0.1
+    assert PixelGradientLoss()(x + c, x).item() == pytest.approx(c, rel=1e-5)
+    assert LaplacianLoss(5)(x + c, x).item() == pytest.approx(16 * c, rel=1e-4)
+    # a step edge moved by one pixel: the gradient term sees it, the pixel term barely
+    a, b = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    a[..., :, 4:] = 1
+    b[..., :, 5:] = 1
+    pix = (a - b).abs().mean().item()                                   # 8 of 64 pixels: 1/8
+    grad = 2 * 8 / (8 * 7)                                              # two columns of |1| in dx
+    assert PixelGradientLoss()(a, b).item() == pytest.approx(pix + grad)
+    levels = laplacian_pyramid(x, 5)
+    assert [lv.shape[-1] for lv in levels] == [32, 16, 8, 4, 2]
+    rebuilt = levels[-1]                                                 # the pyramid inverts
+    for lv in reversed(levels[:-1]):
+        rebuilt = lv + torch.nn.functional.interpolate(rebuilt, size=lv.shape[-2:], mode="bilinear",
+                                                       align_corners=False)
+    assert torch.allclose(rebuilt, x, atol=1e-5)
+
+
 def _bending_chain(n_between: int = 3, angles=(0.0, 0.5, 1.0, 1.5)):
     """Two rigid links A-B-C (0.6 long) bending at B by each angle, with n_between points spaced
     along each link: points [len(angles), 3 + 2 n, 2] (A, B, C first) and the true links."""

@@ -80,8 +80,10 @@ def alex_random():
 
 
 def tiny_autolink(perceptual, **kw):
+    kw = {"heatmap_size": 8, **kw}
     cfg = AutoLinkConfig(image_size=32, num_keypoints=4, detector_width=8, decoder_width=8,
-                         decoder_depth=2, mask_grid=4, perceptual_net="alex", pretrained=False, **kw)
+                         decoder_depth=2, mask_grid=4, loss="lpips", perceptual_net="alex",
+                         pretrained=False, **kw)
     return AutoLink(cfg, perceptual=perceptual)
 
 
@@ -89,7 +91,10 @@ def test_autolink_shapes_and_gradients(alex_random):
     torch.manual_seed(0)
     model = tiny_autolink(alex_random)
     w = model.edge_weights()
-    assert torch.allclose(w, (1 - torch.eye(4)), atol=1e-5)               # init 1 off-diagonal
+    off = w[~torch.eye(4, dtype=bool)]
+    # official init: softplus(-4 + 0.1 N(0, 1)) ~ 0.018, random, symmetric, zero diagonal
+    assert 0.010 < off.min() and off.max() < 0.030 and off.std() > 0
+    assert torch.equal(w, w.T) and not w.diagonal().any()
     images = torch.rand(2, 3, 32, 32)
     out = model.reconstruct(images)
     assert out["keypoints"].shape == (2, 4, 2) and out["heatmaps"].shape == (2, 4, 8, 8)
@@ -97,7 +102,7 @@ def test_autolink_shapes_and_gradients(alex_random):
     loss, terms = model.training_step(images)
     loss.backward()
     assert set(terms) >= {"perceptual", "alpha"} and terms["alpha"] == 1
-    for name in ("edge_weight_raw", "alpha", "detector.head.2.weight", "decoder.out.weight"):
+    for name in ("edge_weight_raw", "alpha", "detector.net.6.weight", "decoder.out.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
     assert not any(k.startswith("perceptual") for k in model.state_dict())
     pred = model.predict(images)
@@ -118,6 +123,65 @@ def test_autolink_optimisation_lowers_loss(alex_random):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_autolink_earlier_reading_reachable(alex_random):
+    """The fields that keep our earlier choices: all-1 edges, 'skip' detector, 'unet' decoder
+    (sigmoid output), [0, 1] pixels (masked cells black)."""
+    torch.manual_seed(0)
+    model = tiny_autolink(alex_random, edge_init_logit=0.5413248546129181, edge_init_std=0.0,
+                          detector="skip", decoder="unet", init="torch", pixel_range="unit")
+    assert torch.allclose(model.edge_weights(), 1 - torch.eye(4), atol=1e-5)
+    out = model.reconstruct(torch.rand(2, 3, 32, 32))
+    assert out["heatmaps"].shape == (2, 4, 8, 8)
+    r = out["reconstruction"]
+    assert 0 <= r.min() and r.max() <= 1                                  # sigmoid
+    assert (out["masked"][out["mask"].expand(-1, 3, -1, -1) == 0] == 0).all()
+
+
+def test_autolink_official_layout_and_init(alex_random):
+    torch.manual_seed(0)
+    full = AutoLink(AutoLinkConfig(loss="pixel_grad"))                    # 128 px, widths 64
+    n = lambda m: sum(p.numel() for p in m.parameters())                  # noqa: E731
+    assert n(full.detector) == 7_736_272 and n(full.decoder) == 17_972_803   # official sizes
+    convs = [m for m in full.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(not m.bias.any() for m in convs if m.bias is not None)
+    # Kaiming normal, a = 0.2: std = gain / sqrt(fan_in), gain = sqrt(2 / (1 + 0.04))
+    conv = full.decoder.downs[1][0]
+    fan_in = conv.weight[0].numel()
+    assert conv.weight.std().item() == pytest.approx((2 / 1.04 / fan_in) ** 0.5, rel=0.03)
+    model = tiny_autolink(alex_random)
+    images = torch.rand(2, 3, 32, 32)
+    out = model.reconstruct(images)
+    # [-1, 1] inside the networks: masked cells are mid-grey, 0.5 in [0, 1] units
+    hidden = out["mask"].expand(-1, 3, -1, -1) == 0
+    assert torch.allclose(out["masked"][hidden], torch.tensor(0.5))
+    assert model.detect(images)[1].shape == (2, 4, 8, 8)
+    assert tiny_autolink(alex_random, heatmap_size=16).detect(images)[1].shape == (2, 4, 16, 16)
+    with pytest.raises(ValueError, match="heatmap_size"):
+        tiny_autolink(alex_random, heatmap_size=12)
+
+
+def test_keypoint_spread_by_hand():
+    from kpray.models.autolink import keypoint_spread
+
+    kp = torch.tensor([[[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]],            # distances 5, 3, 4
+                       [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])           # a blob: 0
+    assert keypoint_spread(kp).item() == pytest.approx((12 / 3 + 0) / 2)
+
+
+def test_edge_map_reliance(alex_random):
+    """0 when the decoder's edge-map input is cut; positive when the decoder reads it."""
+    torch.manual_seed(0)
+    model = tiny_autolink(alex_random, edge_init_logit=3.0)
+    model.eval()
+    images = torch.rand(2, 3, 32, 32)
+    first = model.decoder.down0[0]
+    assert model.edge_map_reliance(images)["edge_reliance"] != 0
+    with torch.no_grad():
+        first.weight[:, 3] = 0                                             # channel 3: edges
+    r = model.edge_map_reliance(images)
+    assert r["edge_reliance"] == pytest.approx(0, abs=1e-6) and r["loss"] > 0
 
 
 # ---------------------------------------------------------------- skeleton model

@@ -26,7 +26,8 @@ TINY = {
     "skeleton": {"num_points": 6, "pi_width": 4, "psi_width": 4, "background_width": 4,
                  "background_latent": 8},
     "autolink": {"num_keypoints": 4, "detector_width": 4, "decoder_width": 4, "decoder_depth": 2,
-                 "perceptual_net": "alex", "pretrained": False, "thickness": 1e-3},
+                 "loss": "lpips", "perceptual_net": "alex", "pretrained": False,
+                 "thickness": 1e-3},
 }
 
 

@@ -1,10 +1,14 @@
 """AutoLink (He, Wandt, Rhodin, NeurIPS 2022): keypoints and a shared graph from masked inpainting.
 
-    image [B, 3, 128, 128]
+    image [B, 3, 128, 128] (networks see [-1, 1])
       -> Detector -> heatmaps [B, K, 32, 32] -> soft-argmax -> keypoints [B, K, 2]
       -> edge map with the shared graph weights w_ij = softplus(512 * w_raw_ij): [B, 1, 128, 128]
-      -> UNet(alpha * masked image (+) edge map) -> reconstruction [B, 3, 128, 128]
-      -> perceptual loss against the image
+      -> decoder U-Net(alpha * masked image (+) edge map) -> reconstruction [B, 3, 128, 128]
+      -> perceptual loss against the image (official: VGG16 L1; kpray.losses.autolink)
+
+The layout, initialisation and loss follow the official code by default; the fields of
+``AutoLinkConfig`` keep our earlier choices reachable (detector='skip', decoder='unet',
+init='torch', pixel_range='unit', loss='lpips', edge_init_logit=0.5413 with edge_init_std=0).
 
 Coordinates are normalised, x then y, pixel centres at (2 i + 1) / n - 1 (``kpray.ops.coords``).
 
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kpray.losses.autolink import PerceptualLoss
+from kpray.losses.autolink import build_loss
 from kpray.models.unet import UNet
 from kpray.ops.coords import soft_argmax
 from kpray.ops.edge_map import edge_map
@@ -34,28 +38,49 @@ from kpray.ops.edge_map import edge_map
 
 @dataclass
 class AutoLinkConfig:
+    """Defaults follow the official code (``models/encoder.py``, ``models/decoder.py``,
+    ``utils_/loss.py`` of xingzhehe/AutoLink-...); each departure we measured or needed is a field.
+    ``PAPER_SMALL_CPU`` in docs/benchmarks.md shows the CPU-scale recipe."""
+
     # data
     image_size: int = 128          # paper: all images resized to 128x128
     # keypoints and graph
     num_keypoints: int = 16        # K; paper: 4 to 32 per benchmark (16 for Human3.6M)
-    heatmap_size: int = 32         # detector output resolution (official code: 32x32)
+    heatmap_size: int = 32         # detector output side (official: 32 at 128 px); a power-of-2
+    #                                multiple of image_size / 16 for the official detector
     thickness: float = 5e-5        # sigma^2 of exp(-d^2 / sigma^2), normalised units; paper: 5e-5
     edge_weight_scale: float = 512.0  # w = softplus(scale * w_raw): the paper's x512 lr factor
-    edge_weight_init: float = 1.0  # initial softplus(scale * w_raw) of every edge (open in paper)
+    edge_init_logit: float = -4.0  # softplus argument at init: official -4 + 0.1 N(0, 1), i.e.
+    edge_init_std: float = 0.1     # weights ~0.018, random; (0.5413, 0) gives our old all-1.0
     edge_chunk: int | None = None  # edges per step of the edge map (None: ~16 MiB temporaries)
     # masking
     mask_grid: int = 16            # image divided into grid x grid cells
     mask_ratio: float = 0.8        # fraction of cells masked, per sample: round(ratio * grid^2)
     # networks
-    detector_width: int = 64       # channels of the detector's first stage (doubles per stage)
-    decoder_width: int = 32        # channels of the UNet's first level (doubles per level)
-    decoder_depth: int = 4         # UNet down/up steps (128 -> 8 at depth 4)
-    # loss
-    perceptual_net: str = "vgg"    # 'vgg' (default, as the official code) or 'alex'
-    pretrained: bool = True        # ImageNet backbone for the loss; False only for tests
-    # optimisation (paper section 3.3)
+    detector: str = "official"     # 'official': 4 stride-2 residual blocks down to S/16 (64 ->
+    #                                512 channels at width 64), bilinear upsampling blocks to the
+    #                                heatmap, LeakyReLU 0.2, no skip. 'skip': our earlier net
+    #                                (pre-activation ResNet to S/8, one skip at S/4, ReLU)
+    decoder: str = "official"      # 'official': U-Net with bilinear down/upsampling, LeakyReLU 0.2,
+    #                                linear 3x3 output. 'unet': the skeleton model's U-Net
+    #                                (max-pool, ReLU, sigmoid output)
+    detector_width: int = 64       # detector's first stage channels (official 64, doubling)
+    decoder_width: int = 64        # decoder's first level channels (official 64, doubling, cap 8x)
+    decoder_depth: int = 4         # decoder down/up steps (official 4: 128 -> 8)
+    init: str = "official"         # 'official': Kaiming-normal (a = 0.2) convs, zero bias;
+    #                                'torch': PyTorch's default initialisation
+    pixel_range: str = "signed"    # networks see images in [-1, 1] (official; masked cells are
+    #                                mid-grey) or 'unit': [0, 1] (masked cells black)
+    # loss (kpray.losses.autolink)
+    loss: str = "vgg"              # 'vgg' (official: VGG16 L1), 'lpips', 'pixel_grad', 'laplacian'
+    perceptual_net: str = "vgg"    # LPIPS backbone: 'vgg' or 'alex' (loss='lpips' only)
+    perceptual_weights: str | None = None  # VGG16 state dict file (default: TORCH_HOME's)
+    perceptual_resize: int = 224   # inputs resized to this side before VGG (official 224; 0 none)
+    pretrained: bool = True        # ImageNet backbone for vgg/lpips; False: random, fixed seed
+    # optimisation (paper section 3.3; official code: AdamW, weight decay 1e-3)
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 1e-3     # AdamW's decoupled decay (official); 0 gives the paper's Adam
     batch_size: int = 64           # global batch
     max_steps: int = 20_000
 
@@ -63,10 +88,101 @@ class AutoLinkConfig:
         return asdict(self)
 
 
+DETECTORS = ("official", "skip")
+DECODERS = ("official", "unet")
+INITS = ("official", "torch")
+PIXEL_RANGES = ("signed", "unit")
+
+
+def check_config(c: AutoLinkConfig) -> None:
+    """ValueError with one line for a config the networks cannot be built from."""
+    from kpray.losses.autolink import LOSS_KINDS
+
+    for name, val, allowed in (("detector", c.detector, DETECTORS), ("decoder", c.decoder, DECODERS),
+                               ("init", c.init, INITS), ("pixel_range", c.pixel_range, PIXEL_RANGES),
+                               ("loss", c.loss, LOSS_KINDS)):
+        if val not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {val!r}")
+    s, h = c.image_size, c.heatmap_size
+    if c.detector == "official":
+        ratio = h / (s / 16) if s % 16 == 0 else 0
+        if not (s % 16 == 0 and ratio >= 1 and ratio == int(ratio) and int(ratio) & (int(ratio) - 1) == 0
+                and h <= s):
+            raise ValueError(f"heatmap_size {h} must be image_size/16 = {s / 16:g} times a power of 2, "
+                             f"at most image_size {s} (official detector)")
+    elif h != s // 4:
+        raise ValueError(f"the 'skip' detector gives image_size/4 = {s // 4} heatmaps, not "
+                         f"heatmap_size {h}")
+    if s % (2 ** c.decoder_depth):
+        raise ValueError(f"image_size {s} must be divisible by 2^decoder_depth = {2 ** c.decoder_depth}")
+
+
 # ---------------------------------------------------------------- building blocks
 
+def _lrelu():
+    return nn.LeakyReLU(0.2, inplace=True)
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+
+
+def _double(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class Half(nn.Module):
+    def forward(self, x):
+        return _half(x)
+
+
+class Double(nn.Module):
+    def forward(self, x):
+        return _double(x)
+
+
+class DownResBlock(nn.Module):
+    """Official detector block: [B, c_in, H, W] -> [B, c_out, H/2, W/2]; two 3x3 convs with a
+    bilinear halving after the first, a conv + halving shortcut, LeakyReLU 0.2 after the sum."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.res = nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), Half(), nn.BatchNorm2d(c_out))
+        self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), Half(), nn.BatchNorm2d(c_out),
+                                  _lrelu(), nn.Conv2d(c_out, c_out, 3, 1, 1), nn.BatchNorm2d(c_out))
+        self.act = _lrelu()
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.res(x))
+
+
+def up_block(c_in: int, c_out: int) -> nn.Sequential:
+    """Official detector upsampling: bilinear x2, 3x3 conv, BatchNorm, LeakyReLU 0.2."""
+    return nn.Sequential(Double(), nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), _lrelu())
+
+
+class OfficialDetector(nn.Module):
+    """image [B, 3, S, S] -> heatmap logits [B, K, h, h]: 4 DownResBlocks (S -> S/16, widths w,
+    2w, 4w, 8w), then upsampling blocks halving the channels until side h, a 3x3 conv to K."""
+
+    def __init__(self, k: int, width: int, image_size: int, heatmap_size: int):
+        super().__init__()
+        w = width
+        layers = [DownResBlock(3, w), DownResBlock(w, 2 * w), DownResBlock(2 * w, 4 * w),
+                  DownResBlock(4 * w, 8 * w)]
+        c, side = 8 * w, image_size // 16
+        while side < heatmap_size:
+            layers.append(up_block(c, max(c // 2, 1)))
+            c, side = max(c // 2, 1), side * 2
+        layers.append(nn.Conv2d(c, k, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class ResBlock(nn.Module):
-    """Pre-activation residual block; stride 2 halves the resolution."""
+    """Pre-activation residual block; stride 2 halves the resolution ('skip' detector)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
@@ -82,9 +198,9 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.body(x)
 
 
-class Detector(nn.Module):
+class SkipDetector(nn.Module):
     """image [B, 3, S, S] -> heatmap logits [B, K, S/4, S/4]: a small residual net going down to
-    S/8 and back up once, with a skip from S/4 (the paper's "ResNet with upsampling")."""
+    S/8 and back up once, with a skip from S/4 (our first reading of "ResNet with upsampling")."""
 
     def __init__(self, k: int, width: int = 64):
         super().__init__()
@@ -99,8 +215,51 @@ class Detector(nn.Module):
     def forward(self, x):
         x4 = self.down1(self.stem(x))
         x8 = self.down2(x4)
-        x = torch.cat([x4, F.interpolate(x8, scale_factor=2, mode="bilinear", align_corners=False)], 1)
+        x = torch.cat([x4, _double(x8)], 1)
         return self.head(self.up(x))
+
+
+def _double_conv(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), _lrelu(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1), nn.BatchNorm2d(c_out)]
+
+
+class OfficialDecoder(nn.Module):
+    """[B, c_in, S, S] -> [B, 3, S, S], linear output: a 3x3 conv + LeakyReLU at S, `depth`
+    down blocks (two convs, bilinear halving; widths 2w, 4w, ... capped at 8w), `depth` up blocks
+    (bilinear doubling, two convs) each followed by a concat with the skip of its side, a 3x3
+    conv to 3 channels."""
+
+    def __init__(self, c_in: int, width: int = 64, depth: int = 4):
+        super().__init__()
+        ch = [min(width * 2 ** d, 8 * width) for d in range(depth + 1)]   # 64,128,256,512,512
+        self.down0 = nn.Sequential(nn.Conv2d(c_in, ch[0], 3, 1, 1), _lrelu())
+        self.downs = nn.ModuleList(nn.Sequential(*_double_conv(ch[d], ch[d + 1]), Half(), _lrelu())
+                                   for d in range(depth))
+        ups, c = [], ch[depth]
+        for d in reversed(range(depth)):          # up block to side S / 2^d, out channels ch[d]
+            ups.append(nn.Sequential(Double(), *_double_conv(c, ch[d]), _lrelu()))
+            c = 2 * ch[d]                         # after the concat with the skip
+        self.ups = nn.ModuleList(ups)
+        self.out = nn.Conv2d(c, 3, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.down0(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up in self.ups:
+            x = torch.cat([up(x), skips.pop()], dim=1)
+        return self.out(x)
+
+
+def official_init_(module: nn.Module) -> None:
+    """Kaiming-normal (a = 0.2) weights and zero biases for every conv and linear (official)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, a=0.2)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def random_grid_mask(b: int, size: int, grid: int = 16, ratio: float = 0.8, device=None,
@@ -121,19 +280,30 @@ class AutoLink(nn.Module):
 
     def __init__(self, config: AutoLinkConfig, perceptual: nn.Module | None = None):
         super().__init__()
+        check_config(config)
         self.config = c = config
         k = c.num_keypoints
-        self.detector = Detector(k, c.detector_width)
+        if c.detector == "official":
+            self.detector = OfficialDetector(k, c.detector_width, c.image_size, c.heatmap_size)
+        else:
+            self.detector = SkipDetector(k, c.detector_width)
+        if c.decoder == "official":
+            self.decoder = OfficialDecoder(3 + 1, c.decoder_width, c.decoder_depth)
+        else:
+            self.decoder = UNet(3 + 1, 3, c.decoder_width, c.decoder_depth, max_mult=8)
+        if c.init == "official":
+            official_init_(self.detector)
+            official_init_(self.decoder)
         # The graph, shared by the dataset. Stored divided by edge_weight_scale so that Adam's
         # steps on it are edge_weight_scale times larger (the paper's x512 learning rate).
-        init = math.log(math.expm1(c.edge_weight_init)) / c.edge_weight_scale  # softplus^-1
-        self.edge_weight_raw = nn.Parameter(torch.full((k, k), init))
+        logits = c.edge_init_logit + c.edge_init_std * torch.randn(k, k)
+        self.edge_weight_raw = nn.Parameter(logits / c.edge_weight_scale)
         self.alpha = nn.Parameter(torch.ones(()))   # scales the masked image; paper: init 1
-        self.decoder = UNet(3 + 1, 3, c.decoder_width, c.decoder_depth, max_mult=8)
         # The frozen loss network is kept out of state_dict/parameters (it is not trained and is
-        # large); _apply below still moves it with .to()/.cuda().
-        self.__dict__["perceptual"] = perceptual if perceptual is not None else \
-            PerceptualLoss(c.perceptual_net, pretrained=c.pretrained)
+        # large); _apply below still moves it with .to()/.cuda(). Every rank builds the same one
+        # (random backbones come from a fixed seed: kpray.losses.autolink).
+        self.__dict__["perceptual"] = perceptual if perceptual is not None else build_loss(
+            c.loss, c.perceptual_net, c.pretrained, c.perceptual_weights, c.perceptual_resize)
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -147,9 +317,17 @@ class AutoLink(nn.Module):
         w = F.softplus(self.config.edge_weight_scale * self.edge_weight_raw).triu(1)
         return w + w.T
 
+    def to_net(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> the networks' pixel range (``pixel_range``)."""
+        return images * 2 - 1 if self.config.pixel_range == "signed" else images
+
+    def from_net(self, x: torch.Tensor) -> torch.Tensor:
+        """The networks' pixel range -> [0, 1] units (not clamped)."""
+        return (x + 1) / 2 if self.config.pixel_range == "signed" else x
+
     def detect(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images: [B, 3, S, S] in [0, 1] -> (keypoints [B, K, 2], heatmap logits [B, K, h, h])."""
-        heatmaps = self.detector(images)
+        heatmaps = self.detector(self.to_net(images))
         return soft_argmax(heatmaps), heatmaps
 
     def draw_edges(self, keypoints: torch.Tensor) -> torch.Tensor:
@@ -158,30 +336,43 @@ class AutoLink(nn.Module):
         return edge_map(keypoints, self.edge_weights(), self.config.thickness, (s, s),
                         chunk=self.config.edge_chunk).unsqueeze(1)
 
-    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
-        """images: [B, 3, S, S] -> dict of keypoints, heatmaps, edge_map, mask, reconstruction."""
+    def decode(self, masked: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """masked image [B, 3, S, S] in the networks' range, edge map [B, 1, S, S] ->
+        reconstruction [B, 3, S, S] in [0, 1] units (sigmoid for 'unet', linear for 'official')."""
+        out = self.decoder(torch.cat([self.alpha * masked, edges], dim=1))
+        return torch.sigmoid(out) if self.config.decoder == "unet" else self.from_net(out)
+
+    def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                    mask: torch.Tensor | None = None) -> dict:
+        """images: [B, 3, S, S] in [0, 1] -> dict of keypoints, heatmaps, edge_map, mask, masked
+        (in [0, 1] units, for display), reconstruction ([0, 1] units). ``mask`` [B, 1, S, S]
+        (1 = visible) replaces the random one when given."""
         c = self.config
         keypoints, heatmaps = self.detect(images)
         edges = self.draw_edges(keypoints)
-        mask = random_grid_mask(images.shape[0], c.image_size, c.mask_grid, c.mask_ratio,
-                                images.device, generator)
-        masked = images * mask
-        recon = torch.sigmoid(self.decoder(torch.cat([self.alpha * masked, edges], dim=1)))
+        if mask is None:
+            mask = random_grid_mask(images.shape[0], c.image_size, c.mask_grid, c.mask_ratio,
+                                    images.device, generator)
+        masked = self.to_net(images) * mask
+        recon = self.decode(masked, edges)
         return {"keypoints": keypoints, "heatmaps": heatmaps, "edge_map": edges, "mask": mask,
-                "masked": masked, "reconstruction": recon}
+                "masked": self.from_net(masked), "reconstruction": recon}
 
     # -- training
 
     def forward(self, images: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict]:
         """images: [B, 3, S, S] float in [0, 1] -> (loss, terms). `step` is unused (AutoLink has
         no schedule) and kept for a loop shared with the skeleton model. terms: detached
-        scalars for logging: 'perceptual' (the loss), 'alpha', 'edge_weight_mean/max'."""
+        scalars for logging: 'perceptual' (the loss), 'alpha', 'edge_weight_mean/max',
+        'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
+        the image side)."""
         out = self.reconstruct(images)
         loss = self.perceptual(out["reconstruction"], images)
         w = self.edge_weights().detach()
         k = w.shape[0]
         terms = {"perceptual": loss.detach(), "alpha": self.alpha.detach(),
-                 "edge_weight_mean": w.sum() / (k * (k - 1)), "edge_weight_max": w.max()}
+                 "edge_weight_mean": w.sum() / (k * (k - 1)), "edge_weight_max": w.max(),
+                 "keypoint_spread": keypoint_spread(out["keypoints"].detach())}
         return loss, terms
 
     def training_step(self, images: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict]:
@@ -189,10 +380,33 @@ class AutoLink(nn.Module):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        return torch.optim.Adam(self.parameters(), lr=c.lr, betas=c.betas)
+        return torch.optim.AdamW(self.parameters(), lr=c.lr, betas=c.betas,
+                                 weight_decay=c.weight_decay)
+
+    @torch.no_grad()
+    def edge_map_reliance(self, images: torch.Tensor, seed: int = 0) -> dict:
+        """How much the decoder uses the edge map: the loss on ``images`` [B, 3, S, S] with the
+        edge map as drawn and with it zeroed, on the same masks (seeded). Returns floats
+        ``loss``, ``loss_no_edges`` and ``edge_reliance`` = loss_no_edges / loss - 1 (0 when the
+        decoder ignores the edges). Runs in the module's current mode."""
+        g = torch.Generator(device=images.device).manual_seed(seed)
+        out = self.reconstruct(images, generator=g)
+        loss = self.perceptual(out["reconstruction"], images)
+        blank = self.decode(self.to_net(images) * out["mask"], torch.zeros_like(out["edge_map"]))
+        loss0 = self.perceptual(blank, images)
+        return {"loss": float(loss), "loss_no_edges": float(loss0),
+                "edge_reliance": float(loss0 / loss.clamp_min(1e-12) - 1)}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict:
         """Inference: keypoints [B, K, 2] and the graph edge weights [K, K]."""
         keypoints, _ = self.detect(images)
         return {"keypoints": keypoints, "edge_weights": self.edge_weights()}
+
+
+def keypoint_spread(keypoints: torch.Tensor) -> torch.Tensor:
+    """keypoints [B, K, 2] -> scalar: mean over images of the mean distance between an image's
+    K (K - 1) / 2 keypoint pairs, in the keypoints' units."""
+    k = keypoints.shape[1]
+    d = torch.cdist(keypoints.float(), keypoints.float())            # [B, K, K]
+    return d.sum(dim=(1, 2)).mean() / max(1, k * (k - 1))

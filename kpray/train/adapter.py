@@ -190,6 +190,11 @@ class Adapter:
         ``diagnostics_every`` steps, rank 0): e.g. each loss term's gradient norm per network."""
         return {}
 
+    def histograms(self, model) -> dict:
+        """Arrays logged as TensorBoard histograms ``model/*`` every ``log_every`` steps (e.g.
+        AutoLink's edge weights)."""
+        return {}
+
     def matrix_image(self, model):
         return None
 

@@ -35,22 +35,27 @@ class AutoLinkAdapter(Adapter):
         return replace_fields(AutoLinkConfig, base, overrides, "autolink model")
 
     def check(self, mcfg) -> None:
-        from kpray.losses.autolink import BACKBONE_FILES, backbone_weights_path
+        from kpray.losses.autolink import BACKBONE_FILES, backbone_weights_path, missing_weights_message
+        from kpray.models.autolink import check_config
         from kpray.train.config import ConfigError
 
         if not mcfg.num_keypoints >= 2:
             raise ConfigError(f"--keypoints must be >= 2, got {mcfg.num_keypoints}")
         if not mcfg.thickness > 0:
             raise ConfigError(f"--thickness must be positive, got {mcfg.thickness}")
+        try:
+            check_config(mcfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if mcfg.perceptual_net not in BACKBONE_FILES:
             raise ConfigError(f"perceptual_net must be one of {sorted(BACKBONE_FILES)}")
-        if mcfg.pretrained:
-            path = backbone_weights_path(mcfg.perceptual_net)
-            if not os.path.isfile(path):
-                raise ConfigError(
-                    f"the perceptual loss needs ImageNet weights {BACKBONE_FILES[mcfg.perceptual_net]!r} "
-                    f"at {path} (set TORCH_HOME to a folder with hub/checkpoints/ holding it; "
-                    f"--random-backbone for tests only)")
+        if mcfg.loss == "vgg" and mcfg.perceptual_weights is not None:
+            if not os.path.isfile(mcfg.perceptual_weights):
+                raise ConfigError(f"--perceptual-weights: no file {mcfg.perceptual_weights}")
+        elif mcfg.loss in ("vgg", "lpips") and mcfg.pretrained:
+            net = "vgg" if mcfg.loss == "vgg" else mcfg.perceptual_net
+            if not os.path.isfile(backbone_weights_path(net)):
+                raise ConfigError(missing_weights_message(net, backbone_weights_path(net)))
 
     def build(self, cfg):
         from kpray.models.autolink import AutoLink
@@ -66,6 +71,28 @@ class AutoLinkAdapter(Adapter):
         return {"alpha": float(model.alpha.detach()),
                 "edge_weight_mean": float(w.sum() / max(1, k * (k - 1))),
                 "edge_weight_max": float(w.max())}
+
+    def histograms(self, model):
+        """``edge_weights``: the K (K - 1) / 2 weights of the shared graph."""
+        w = model.edge_weights().detach()
+        i, j = torch.triu_indices(w.shape[0], w.shape[0], 1)
+        return {"edge_weights": w[i, j].float().cpu().numpy()}
+
+    @torch.no_grad()
+    def diagnostics(self, model, batch, step):
+        """``keypoint_spread`` (mean distance between an image's keypoints, normalised units, in
+        eval mode), ``loss`` and ``loss_no_edges`` (the loss with the edge map as drawn and
+        zeroed, same masks) and ``edge_reliance`` = their ratio - 1: 0 when the decoder ignores
+        the edge map."""
+        from kpray.models.autolink import keypoint_spread
+
+        was = model.training
+        model.eval()
+        images = batch["image"]
+        out = model.edge_map_reliance(images, seed=step)
+        out["keypoint_spread"] = float(keypoint_spread(model.detect(images)[0]))
+        model.train(was)
+        return out
 
     def matrix_image(self, model):
         return matrix_to_image(model.edge_weights().detach().cpu().numpy())

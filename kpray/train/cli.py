@@ -61,9 +61,18 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     if model == "autolink":
         a("--keypoints", type=int, help="number of keypoints K (default 16)")
         a("--thickness", type=float, help="edge thickness sigma^2, normalised units (default 5e-5)")
-        a("--perceptual-net", choices=["vgg", "alex"], help="LPIPS backbone (default vgg)")
+        a("--loss", choices=["vgg", "lpips", "pixel_grad", "laplacian"],
+          help="reconstruction loss: vgg (default, the official VGG16 L1 over relu1_2..relu4_3, "
+               "ImageNet weights needed), lpips, or one needing no weights: pixel_grad (L1 on "
+               "pixels and image gradients), laplacian (L1 on a Laplacian pyramid)")
+        a("--perceptual-weights", metavar="PATH",
+          help="VGG16 state dict file for --loss vgg (default: torchvision's file under "
+               "$TORCH_HOME/hub/checkpoints/)")
+        a("--perceptual-net", choices=["vgg", "alex"], help="LPIPS backbone (--loss lpips; "
+                                                            "default vgg)")
         a("--random-backbone", action="store_true", default=None,
-          help="randomly initialised LPIPS backbone (tests only; no ImageNet weights needed)")
+          help="random (fixed-seed) backbone for --loss vgg/lpips: tests only, no ImageNet "
+               "weights needed")
     else:
         a("--points", type=int, help="number of foreground points P (default 32)")
         a("--literal", action="store_true", default=None,
@@ -112,7 +121,8 @@ def config_from_args(args: argparse.Namespace, model: str) -> TrainConfig:
     mc = parse_set_items(args.set)
     if model == "autolink":
         for arg, fld in (("keypoints", "num_keypoints"), ("thickness", "thickness"),
-                         ("perceptual_net", "perceptual_net")):
+                         ("perceptual_net", "perceptual_net"), ("loss", "loss"),
+                         ("perceptual_weights", "perceptual_weights")):
             if getattr(args, arg) is not None:
                 mc[fld] = getattr(args, arg)
         if args.random_backbone:

@@ -269,6 +269,8 @@ def train_func(config: dict) -> None:
             for k, v in adapter.scalars(model).items():
                 if k not in last_terms:         # terms are logged above
                     writer.add_scalar(f"model/{k}", v, step)
+            for k, v in adapter.histograms(model).items():
+                writer.add_histogram(f"model/{k}", v, step)
             img = adapter.matrix_image(model)            # [H, W, 3] uint8 or None
             if img is not None:
                 writer.add_image("model/edge_weights", img, step, dataformats="HWC")
