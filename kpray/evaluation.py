@@ -119,15 +119,17 @@ def evaluate_video(episode: Mapping, points, adj, eps: float) -> dict:
 
 def evaluate_videos(episodes: Iterable[Mapping], predictions: Mapping[int, Mapping], out_dir,
                     eps: float | None = None, dataset: str | None = None, split: str = "test",
-                    model_name: str = "ours", n_figures: int = 4) -> dict:
+                    model_name: str = "ours", n_figures: int = 4,
+                    extra: Mapping | None = None) -> dict:
     """Evaluate every episode of ``split`` (and ``dataset``) against ``predictions`` and write
     ``out_dir/metrics.json``, ``out_dir/tables.md`` and ``out_dir/figures/*.png``.
 
     episodes: dicts as yielded by ``kpray.data.iter_episodes``; predictions: ``{index: {"points":
     [T, P, 2] pixels, "adj": [P, P]}}`` (see the module docstring); eps: overrides the paper's
-    per-dataset epsilon; n_figures: videos per dataset drawn (first by index; 0 for none).
-    Everything is validated and computed before the first file is written. Returns the
-    ``metrics.json`` content.
+    per-dataset epsilon; n_figures: videos per dataset drawn (first by index; 0 for none);
+    extra: top-level blocks added to ``metrics.json`` (e.g. ``{"regression": ...}`` of
+    :func:`regression_block`; may not replace the standard keys). Everything is validated and
+    computed before the first file is written. Returns the ``metrics.json`` content.
     """
     videos, keep_frames, seen = [], {}, set()
     for ep in episodes:
@@ -165,6 +167,10 @@ def evaluate_videos(episodes: Iterable[Mapping], predictions: Mapping[int, Mappi
                               f"{unused[:5]})")
 
     summary = summarise(videos, model_name, split)
+    for key, value in (extra or {}).items():
+        if key in summary:
+            raise EvaluationError(f"extra block {key!r} would replace a standard metrics.json key")
+        summary[key] = value
     # Everything is validated: write.
     from kpray import plots, report
 
@@ -196,3 +202,61 @@ def summarise(videos: list[dict], model_name: str, split: str) -> dict:
             "datasets": datasets, "videos": sorted(videos, key=lambda v: (v["dataset"],
                                                                          v["index"]))}
 
+
+
+# ----------------------------------------------------------------------------- regression
+
+def episode_body(episode: Mapping) -> tuple[int, tuple[str, ...] | None]:
+    """The body kind of an episode, for the regression: ``(J, joint names or None)``.
+
+    Episodes can be pooled in one regression only when their GT joints mean the same thing,
+    i.e. when this signature is equal (the names come from ``meta["joint_names"]``)."""
+    names = episode.get("meta", {}).get("joint_names")
+    return int(np.asarray(episode["joints"]).shape[1]), (tuple(names) if names else None)
+
+
+def most_common_body(episodes: Iterable[Mapping]) -> tuple[int, tuple[str, ...] | None]:
+    """The most frequent :func:`episode_body` among ``episodes`` (ties: the first seen)."""
+    bodies = [episode_body(ep) for ep in episodes]
+    if not bodies:
+        raise EvaluationError("no episodes to choose a body for the regression from")
+    return max(dict.fromkeys(bodies), key=bodies.count)
+
+
+def regression_block(train_kp, train_gt, test_kp, test_gt, image_size: float,
+                     joint_names=None, protocol: str | None = None) -> dict:
+    """The ``"regression"`` block of ``metrics.json``: AutoLink's keypoint regression.
+
+    train_kp ``[N, K, 2]`` / train_gt ``[N, J, 2]``: detected keypoints and GT joints of the
+    fitting frames (train split episodes of one body kind); test_kp ``[M, K, 2]`` / test_gt
+    ``[M, J, 2]``: the scored frames (test split, same body); all in pixels of square frames of
+    side ``image_size``. joint_names: the J names (``meta["joint_names"]``), for the left/right
+    swap. protocol: ``"h36m"``, ``"plain"`` or ``"taichi"`` (see
+    :func:`kpray.metrics.regression_details`); None: ours,
+    :func:`kpray.metrics.default_regression_protocol` (``"h36m"`` with the swap from the names).
+
+    Returns ``{"protocol", "error", "plain_error", "spread_ratio", "n_train_frames",
+    "n_test_frames", "joints", "swap", "n_train_used", "n_train_swapped", "n_test_swapped",
+    "image_size"}``: ``error`` under ``protocol`` and ``plain_error`` under ``"plain"``, both as
+    fractions of the image size; ``spread_ratio`` = :func:`kpray.metrics.spread_ratio` of the test
+    frames' keypoints and GT; ``swap`` the joint permutation used (None: none).
+    """
+    default = M.default_regression_protocol(joint_names)
+    protocol = default["protocol"] if protocol is None else protocol
+    if protocol not in M.REGRESSION_PROTOCOLS:
+        raise EvaluationError(f"unknown regression protocol {protocol!r} (use one of "
+                              f"{', '.join(M.REGRESSION_PROTOCOLS)})")
+    swap = default["swap"] if protocol == "h36m" else None
+    try:
+        d = M.regression_details(train_kp, train_gt, test_kp, test_gt, image_size,
+                                 protocol=protocol, swap=swap)
+        plain = M.regression_error(train_kp, train_gt, test_kp, test_gt, image_size)
+        spread = M.spread_ratio(test_kp, test_gt)
+    except ValueError as e:
+        raise EvaluationError(f"regression: {e}") from None
+    return {"protocol": protocol, "error": d["error"], "plain_error": plain,
+            "spread_ratio": spread, "n_train_frames": int(len(train_kp)),
+            "n_test_frames": int(len(test_kp)), "joints": int(np.asarray(test_gt).shape[1]),
+            "swap": swap, "n_train_used": d["n_train_used"],
+            "n_train_swapped": d["n_train_swapped"], "n_test_swapped": d["n_test_swapped"],
+            "image_size": float(image_size)}
