@@ -250,7 +250,7 @@ TINY_MODELS = {
 
 
 @pytest.mark.parametrize("model_name", ["skeleton", "autolink"])
-def test_job_evaluates_a_checkpoint(tmp_path, model_name):
+def test_job_evaluates_a_checkpoint(tmp_path, model_name, capsys):
     """A real model saved in the training checkpoint format, run over real rendered episodes."""
     import torch
     import webdataset as wds
@@ -283,7 +283,155 @@ def test_job_evaluates_a_checkpoint(tmp_path, model_name):
         s = json.loads((out / "metrics.json").read_text())
         assert s["model"] == f"{model_name} step 1"
         assert s["datasets"]["cartpole:2"]["joints"]["n_videos"] == 2
+        if model_name == "skeleton":
+            assert "regression" not in s
+        elif path == ckpt:  # no train split yet: the regression says why it is missing
+            assert s["regression"] == {"protocol": "h36m", "error": None,
+                                       "skipped": f"no train split shards in {shards}"}
+            with wds.TarWriter(str(shards / "train-000000.tar"), mtime=0.0) as sink:
+                for i in range(3):  # AutoLink's regression is fitted on the train split
+                    ep = render_episode("cartpole:2", "train", seed=1, index=100 + i, frames=6,
+                                        size=64)
+                    sink.write(encode_episode(ep, f"train-{i:06d}"))
+        else:
+            reg = s["regression"]
+            assert reg["protocol"] == "h36m" and reg["swap"] is None     # no left/right joints
+            assert reg["joints"] == 3 and reg["joint_names"] == ["hinge_1", "hinge_2", "tip"]
+            assert reg["n_train_frames"] == 18 and reg["n_test_frames"] == 12
+            assert reg["n_train_episodes"] == 3 and reg["n_test_episodes"] == 2
+            assert 0 <= reg["error"] < 10 and 0 <= reg["plain_error"] < 10
+            assert reg["spread_ratio"] > 0 and reg["image_size"] == 64
+            assert "keypoint regression (h36m)" in capsys.readouterr().out.splitlines()[-1]
+            # --regression-episodes caps the fitting episodes; 0 turns the regression off
+            assert job.main(["--checkpoint", str(path), "--data", str(shards), "--out",
+                             str(out), "--figures", "0", "--regression-episodes", "1",
+                             "--regression-protocol", "plain"]) == 0
+            reg = json.loads((out / "metrics.json").read_text())["regression"]
+            assert reg["n_train_frames"] == 6 and reg["protocol"] == "plain"
+            assert reg["error"] == pytest.approx(reg["plain_error"])
+            assert job.main(["--checkpoint", str(path), "--data", str(shards), "--out",
+                             str(out), "--figures", "0", "--regression-episodes", "0"]) == 0
+            assert "regression" not in json.loads((out / "metrics.json").read_text())
     r = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--checkpoint",
                         str(tmp_path / "nothing"), "--data", str(shards), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no checkpoint" in r.stderr and not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- keypoint regression
+
+WALKER = ["neck", "hip", "knee_r", "ankle_r", "toe_r", "knee_l", "ankle_l", "toe_l"]
+WALKER_SWAP = [0, 1, 5, 6, 7, 2, 3, 4]
+
+
+def walker_episode(index, split, T=5, S=64, names=WALKER, flip=0.0, seed=0):
+    """Synthetic episode of a walker-like body (iter_episodes' format); GT left/right labels
+    exchanged in a share ``flip`` of the frames."""
+    rng = np.random.default_rng([seed, index])
+    J = len(names)
+    joints = rng.uniform(2, S - 3, (T, J, 2))
+    if flip:
+        swap = M.lr_swap_permutation(names)
+        f = rng.random(T) < flip
+        joints[f] = joints[f][:, swap]
+    return {"frames": rng.integers(0, 255, (T, S, S, 3), dtype=np.uint8),
+            "masks": np.zeros((T, S, S), bool), "joints": joints.astype(np.float32),
+            "visible": np.ones((T, J), bool), "adjacency": np.eye(J, dtype=bool),
+            "meta": {"dataset": "walker", "index": index, "split": split, "n_joints": J,
+                     "joint_names": list(names)}}
+
+
+def test_most_common_body():
+    from kpray.evaluation import episode_body, most_common_body
+
+    eps_ = [walker_episode(0, "test"), walker_episode(1, "test", names=["a", "b", "c"]),
+            walker_episode(2, "test")]
+    assert episode_body(eps_[1]) == (3, ("a", "b", "c"))
+    assert most_common_body(eps_) == (8, tuple(WALKER))
+    assert most_common_body(eps_[1:2]) == (3, ("a", "b", "c"))
+    with pytest.raises(EvaluationError):
+        most_common_body([])
+
+
+def test_regression_block_protocols():
+    """Keypoints = true joints; half the test GT left/right flipped: h36m ~0, plain large."""
+    from kpray.evaluation import regression_block
+
+    tr = np.concatenate([walker_episode(i, "train", T=50)["joints"] for i in range(4)])
+    te_eps = [walker_episode(10 + i, "test", T=50, flip=0.5) for i in range(2)]
+    te_gt = np.concatenate([ep["joints"] for ep in te_eps])
+    te_kp = np.concatenate([walker_episode(10 + i, "test", T=50)["joints"] for i in range(2)])
+    b = regression_block(tr, tr, te_kp, te_gt, 64, joint_names=WALKER)
+    assert b["protocol"] == "h36m" and b["swap"] == WALKER_SWAP and b["joints"] == 8
+    assert b["error"] == pytest.approx(0, abs=1e-9) and b["plain_error"] > 0.1
+    assert b["n_train_frames"] == 200 and b["n_test_frames"] == 100 and b["n_test_swapped"] > 10
+    assert b["spread_ratio"] == pytest.approx(1.0)
+    p = regression_block(tr, tr, te_kp, te_gt, 64, joint_names=WALKER, protocol="plain")
+    assert p["swap"] is None and p["error"] == b["plain_error"]
+    t = regression_block(tr, tr, te_kp, te_gt, 64, joint_names=WALKER, protocol="taichi")
+    assert t["protocol"] == "taichi" and t["swap"] is None and t["error"] > 0.05
+    n = regression_block(tr, tr, te_kp, te_gt, 64, joint_names=None)
+    assert n["swap"] is None and n["error"] > 0.1                  # nothing says which is left
+    with pytest.raises(EvaluationError, match="protocol"):
+        regression_block(tr, tr, te_kp, te_gt, 64, protocol="h3.6m")
+    with pytest.raises(EvaluationError, match="regression"):
+        regression_block(tr, tr[:, :3], te_kp, te_gt, 64)
+
+
+def test_evaluate_videos_extra_block(tmp_path):
+    ep = make_episode(0)
+    s = evaluate_videos([ep], {0: perfect_prediction(ep)}, tmp_path / "a", n_figures=0,
+                        extra={"regression": {"error": 0.25}})
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["regression"] == \
+        {"error": 0.25} == s["regression"]
+    with pytest.raises(EvaluationError, match="datasets"):
+        evaluate_videos([ep], {0: perfect_prediction(ep)}, tmp_path / "b", extra={"datasets": 1})
+    assert not (tmp_path / "b").exists()
+
+
+def test_autolink_regression_untrained_model():
+    """autolink_regression on a freshly built (untrained) AutoLink and synthetic episodes."""
+    import torch
+
+    from kpray.models.autolink import AutoLink, AutoLinkConfig
+    from kpray.train.models import get_adapter
+    from kpray.train.predict import autolink_regression
+
+    torch.manual_seed(0)
+    model = AutoLink(AutoLinkConfig(image_size=64, num_keypoints=4, pretrained=False))
+    model.train()
+    adapter = get_adapter("autolink")
+    test = [walker_episode(i, "test") for i in range(3)]
+    test.append(walker_episode(3, "test", names=["hinge_1", "tip"]))    # another body: left out
+    consumed = []
+
+    def train_iter():
+        for i in range(10):
+            ep = walker_episode(20 + i, "train", names=WALKER if i != 1 else ["a", "b"])
+            consumed.append(i)
+            yield ep
+
+    b = autolink_regression(model, adapter, train_iter(), test, max_train_episodes=3)
+    assert model.training                                  # put back in its previous mode
+    assert consumed == [0, 1, 2, 3]                         # lazily read: 3 walkers, 1 skipped
+    assert b["protocol"] == "h36m" and b["swap"] == WALKER_SWAP and b["joints"] == 8
+    assert b["joint_names"] == WALKER and b["image_size"] == 64
+    assert b["n_train_episodes"] == 3 and b["n_train_frames"] == 15
+    assert b["n_test_episodes"] == 3 and b["n_test_frames"] == 15
+    # the same figures from the adapter's keypoints and the metrics directly
+    model.eval()
+    with torch.no_grad():
+        kp = {i: adapter.keypoints(model, walker_episode(i, "x")["frames"]) for i in
+              (0, 1, 2, 20, 22, 23)}
+    tr_kp = np.concatenate([kp[i] for i in (20, 22, 23)])
+    tr_gt = np.concatenate([walker_episode(i, "x")["joints"] for i in (20, 22, 23)])
+    te_kp = np.concatenate([kp[i] for i in (0, 1, 2)])
+    te_gt = np.concatenate([ep["joints"] for ep in test[:3]])
+    assert b["error"] == pytest.approx(M.regression_error(
+        tr_kp, tr_gt, te_kp, te_gt, 64, protocol="h36m", swap=WALKER_SWAP), rel=1e-4)
+    assert b["plain_error"] == pytest.approx(M.regression_error(tr_kp, tr_gt, te_kp, te_gt, 64),
+                                             rel=1e-4)
+    assert b["spread_ratio"] == pytest.approx(M.spread_ratio(te_kp, te_gt), rel=1e-4)
+    with pytest.raises(EvaluationError, match="no train episode"):
+        autolink_regression(model, adapter, [walker_episode(30, "train", names=["a", "b"])],
+                            test)
