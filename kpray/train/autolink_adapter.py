@@ -144,8 +144,12 @@ class AutoLinkAdapter(Adapter):
         return to_pixels(kp.float(), frames.shape[1]).cpu().numpy()
 
     def validate(self, model, data, cfg):
+        """Joint and structure metrics, and the keypoint regression (``val_regression_error``: the
+        default protocol for the body, ``kpray.metrics.default_regression_protocol``: Human3.6M's,
+        with the body's left/right swap; ``val_regression_error_plain``: no swap, no outlier
+        rejection), ``val_spread_ratio`` (keypoints' mean pairwise distance / the GT joints')."""
         from kpray.evaluation import evaluate_video
-        from kpray.metrics import regression_error
+        from kpray.metrics import default_regression_protocol, regression_details, spread_ratio
 
         model.eval()
         test = data["test"]
@@ -159,14 +163,18 @@ class AutoLinkAdapter(Adapter):
         j = Counter(ep["joints"].shape[1] for ep in test).most_common(1)[0][0]
         tr = [ep for ep in data.get("train", []) if ep["joints"].shape[1] == j][:cfg.val_train_episodes]
         te = [(ep, kp) for ep, kp in zip(test, kps) if ep["joints"].shape[1] == j]
+        te_kp = np.concatenate([kp for _, kp in te])
+        te_gt = np.concatenate([ep["joints"] for ep, _ in te])
+        out["val_spread_ratio"] = spread_ratio(te_kp, te_gt)
+        out["val_regression_error"] = out["val_regression_error_plain"] = math.nan
         if tr:
             tr_kp = np.concatenate([self.keypoints(model, ep["frames"]) for ep in tr])
             tr_gt = np.concatenate([ep["joints"] for ep in tr])
-            te_kp = np.concatenate([kp for _, kp in te])
-            te_gt = np.concatenate([ep["joints"] for ep, _ in te])
-            out["val_regression_error"] = regression_error(tr_kp, tr_gt, te_kp, te_gt,
-                                                           test[0]["frames"].shape[1])
-        else:
-            out["val_regression_error"] = math.nan
+            size = test[0]["frames"].shape[1]
+            proto = default_regression_protocol(te[0][0]["meta"].get("joint_names"))
+            out["val_regression_error"] = regression_details(tr_kp, tr_gt, te_kp, te_gt, size,
+                                                             **proto)["error"]
+            out["val_regression_error_plain"] = regression_details(tr_kp, tr_gt, te_kp, te_gt,
+                                                                   size)["error"]
         out["val_alpha"] = float(model.alpha.detach())
         return out
