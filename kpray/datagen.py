@@ -13,9 +13,12 @@ Guarantees: the episode is a pure function of (dataset, split, seed, index, fram
 quality), and shard bytes are reproducible (fixed tar mtime/owner), so the shards and the
 manifest do not depend on the number of workers. A shard is written to a hidden temporary file
 and renamed into place, so a killed run never leaves a partial shard under a final name; a rerun
-renders only the missing shards. An actor that dies is restarted by Ray and its shard is redone.
-Render actors outlive a SIGKILLed driver by a few seconds and keep writing, so a run starts only
-once every writer of the previous one has let go of the lock (then it removes their temp files).
+renders only the missing shards. An actor that dies, or whose whole node is lost, is replaced and
+its shard is redone by the actors that remain; a shard is given up only when it keeps killing
+actors on healthy nodes. Render actors outlive a SIGKILLed driver by a few seconds and keep
+writing, so a run starts only once every writer of the previous one has let go of the lock (then
+it removes their temp files); a finished run removes the temp files of its own lost actors the
+same way, once they have exited.
 """
 from __future__ import annotations
 
@@ -294,6 +297,12 @@ class ShardRenderer:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        """The id of the Ray node this actor runs on (hex); answering it means it has started."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def render(self, task: ShardTask) -> dict:
         return render_shard(self.spec, task, self.out,
                             on_episode=lambda frames: self.progress.add.remote(1, frames))
@@ -321,8 +330,10 @@ def generate(spec: GenSpec, out: str, workers: int = 2, show_progress: bool = Tr
 
     Returns the manifest (also written to ``out/manifest.json``). Raises GenError on bad input
     before writing anything. ``stats``, when given, receives ``rendered`` (shard names rendered
-    by this call) and ``redone`` (shards whose actor died and that were rendered again).
-    Waits up to ``lock_timeout_s`` for the writers of an earlier run in ``out`` to exit.
+    by this call), ``redone`` (shards whose actor was lost and that were rendered again),
+    ``shard_nodes`` (shard name -> Ray node id of the actor that wrote it) and ``failures``
+    (see :func:`_render_with_ray`). Waits up to ``lock_timeout_s`` for the writers of an
+    earlier run in ``out`` to exit.
     """
     stats = {} if stats is None else stats
     spec = validate_spec(spec)
@@ -338,9 +349,30 @@ def generate(spec: GenSpec, out: str, workers: int = 2, show_progress: bool = Tr
             os.unlink(stale)
         # Shared from here on: our actors join in, and a concurrent run waits for us all.
         fcntl.flock(lock_fd, fcntl.LOCK_SH)
-        return _generate_locked(spec, out, workers, show_progress, preview, max_shard_retries, stats)
+        manifest = _generate_locked(spec, out, workers, show_progress, preview, max_shard_retries,
+                                    stats)
+        _remove_temp_files_of_exited_writers(out, lock_fd, timeout_s=lock_timeout_s)
+        return manifest
     finally:
         os.close(lock_fd)
+
+
+def _remove_temp_files_of_exited_writers(out: str, lock_fd: int, timeout_s: float) -> None:
+    """A lost actor leaves its half-written ``.NAME.tmp``; once every writer has exited (our
+    shared lock upgraded to exclusive), remove them. If some writer is still alive after
+    ``timeout_s`` (or lives on another machine without shared flock), leave them to the next
+    run, which removes them before it starts."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
+    for stale in glob.glob(os.path.join(out, ".*.tmp")):
+        os.unlink(stale)
 
 
 def _generate_locked(spec, out, workers, show_progress, preview, max_shard_retries, stats) -> dict:
@@ -353,7 +385,7 @@ def _generate_locked(spec, out, workers, show_progress, preview, max_shard_retri
     stats.update(rendered=[t.name for t in todo], redone=[])
     if todo:
         records += _render_with_ray(spec, todo, out, workers, show_progress, max_shard_retries,
-                                    stats["redone"])
+                                    stats)
     manifest = build_manifest(spec, records)
     _write_json_atomic(os.path.join(out, MANIFEST), manifest)
     if preview:
@@ -385,59 +417,111 @@ def _known_records(out: str, spec: GenSpec, tasks: list[ShardTask], done: set[st
     return records
 
 
-def _render_with_ray(spec, todo, out, workers, show_progress, max_shard_retries, redone) -> list[dict]:
+def _render_with_ray(spec, todo, out, workers, show_progress, max_shard_retries, stats,
+                     actor_start_timeout_s: float = 600.0) -> list[dict]:
+    """Render ``todo`` on a pool of render actors spread by Ray over the cluster's nodes.
+
+    An actor that is lost is dropped and replaced (the replacement starts wherever a CPU frees
+    up), and its shard goes back to the queue for the actors that remain. Whether a loss counts
+    against the shard's ``max_shard_retries`` depends on where it happened: an actor that cannot
+    be reached (``ActorUnavailableError``: what the driver sees first when a whole node goes) or
+    whose node the cluster has marked dead is a node failure and does not count; an actor that
+    died on a node that is still alive (a crash, an OOM kill) does. ``stats`` receives ``redone``
+    (shard names, once per loss), ``shard_nodes`` (shard name -> id of the node that wrote it)
+    and ``failures`` (one dict per lost actor: shard, node, node_lost, seconds since start).
+    """
     ray = _init_ray()
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     n_actors = max(1, min(workers, len(todo), cpus))
     if n_actors < workers and show_progress:
         print(f"using {n_actors} render actors (asked {workers}; {len(todo)} shards to render, "
               f"{cpus} CPUs in the cluster)", file=sys.stderr)
-    progress = ray.remote(num_cpus=0)(Progress).remote()
-    # max_restarts: a dead actor comes back (its shard is resubmitted below, not retried by Ray).
-    Renderer = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(ShardRenderer)
+    # The counter lives on the driver's node, which the run cannot outlive anyway (with no
+    # placement it could land on a worker node, and losing that node would end the run).
+    here = ray.get_runtime_context().get_node_id()
+    progress = ray.remote(num_cpus=0)(Progress).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+    # No restarts by Ray: a lost actor is replaced by a new one below, and its shard goes to
+    # whichever actor is free first instead of waiting for the restart.
+    Renderer = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ShardRenderer)
     env = {"env_vars": render_env()}
-    actors = [Renderer.options(runtime_env=env).remote(spec.to_json(), os.path.abspath(out), progress)
-              for _ in range(n_actors)]
+    args = (spec.to_json(), os.path.abspath(out), progress)
 
     pending = deque(todo)
-    inflight, retries, records = {}, {}, []
+    starting, idle, inflight = {}, [], {}  # ready ref -> actor; [(actor, node)]; ref -> (actor, node, task)
+    everyone, records, counted = [], [], {}
+    stats.setdefault("shard_nodes", {})
+    stats.setdefault("failures", [])
 
-    def submit(actor):
-        task = pending.popleft()
-        inflight[actor.render.remote(task)] = (actor, task)
+    def spawn():
+        actor = Renderer.options(runtime_env=env).remote(*args)
+        everyone.append(actor)
+        starting[actor.node.remote()] = actor
 
-    for actor in actors:
-        if pending:
-            submit(actor)
+    def node_alive(node) -> bool:
+        return any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())
+
+    for _ in range(n_actors):
+        spawn()
     total_eps = sum(t.count for t in todo)
     bar = _progress_bar(total_eps, spec.frames, show_progress)
     t0 = time.perf_counter()
+    stalled_since = None
     try:
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+        while pending or inflight:
+            while idle and pending:
+                actor, node = idle.pop()
+                task = pending.popleft()
+                inflight[actor.render.remote(task)] = (actor, node, task)
+            ready, _ = ray.wait(list(inflight) + list(starting), num_returns=1, timeout=0.5)
             for ref in ready:
-                actor, task = inflight.pop(ref)
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        idle.append((actor, ray.get(ref)))
+                    except RayActorError:      # lost before it started (its node went)
+                        ray.kill(actor, no_restart=True)
+                        spawn()
+                    continue
+                actor, node, task = inflight.pop(ref)
                 try:
                     records.append(ray.get(ref))
-                except RayActorError:
-                    # The actor died (node lost, OOM, killed); Ray restarts it. Redo the shard:
-                    # the rename is atomic, so nothing partial or duplicated remains.
-                    retries[task.name] = retries.get(task.name, 0) + 1
-                    if retries[task.name] > max_shard_retries:
-                        raise GenError(f"shard {task.name} failed {retries[task.name]} times; giving up")
+                except RayActorError as e:
+                    # The rename is atomic: redoing the shard leaves nothing partial or doubled.
+                    node_lost = isinstance(e, ActorUnavailableError) or not node_alive(node)
+                    stats["failures"].append({"shard": task.name, "node": node, "node_lost": node_lost,
+                                              "at_s": round(time.perf_counter() - t0, 2)})
+                    if not node_lost:
+                        counted[task.name] = counted.get(task.name, 0) + 1
+                        if counted[task.name] > max_shard_retries:
+                            raise GenError(f"shard {task.name} failed {counted[task.name]} times on "
+                                           f"healthy nodes; giving up") from None
                     pending.appendleft(task)
-                    redone.append(task.name)
+                    stats["redone"].append(task.name)
+                    ray.kill(actor, no_restart=True)
+                    spawn()
                     if show_progress:
-                        print(f"\nrender actor died; redoing {task.name}", file=sys.stderr)
-                if pending:
-                    submit(actor)
+                        why = "its node was lost" if node_lost else "it died"
+                        print(f"\nrender actor lost ({why}); redoing {task.name}", file=sys.stderr)
+                    continue
+                stats["shard_nodes"][task.name] = node
+                idle.append((actor, node))
+            if inflight or idle:
+                stalled_since = None
+            elif stalled_since is None:
+                stalled_since = time.perf_counter()
+            elif time.perf_counter() - stalled_since > actor_start_timeout_s:
+                raise GenError(f"no render actor could start for {actor_start_timeout_s:g} s "
+                               f"({len(pending)} shards left; the cluster has "
+                               f"{ray.cluster_resources().get('CPU', 0):g} CPUs)")
             eps, frames = ray.get(progress.get.remote())
             bar.update(min(eps, total_eps), frames, time.perf_counter() - t0)
     finally:
         bar.close()
-        for a in actors:
+        for a in everyone:
             ray.kill(a, no_restart=True)
         ray.kill(progress)
     return records

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from kpray.train.config import ConfigError, TrainConfig, merge, resolve
 
 SPACE_FILE = "kpray-search.json"
+HEAD_RESOURCE = "node:__internal_head__"   # Ray's resource of the head node (1 unit)
 
 # Grids that cover the paper's selected weights (supplementary VIII) for every dataset; the joint
 # weight also goes to 0.3 and 1, where our loss prefers the true skeleton given points on it
@@ -447,9 +448,14 @@ def run_search(spec: SearchSpec, progress: bool = True) -> dict:
     root = experiment_dir(spec)
     write_bytes(_join(root, SPACE_FILE), (json.dumps(spec.space_json(), indent=2) + "\n").encode())
 
-    # The trial function only drives its TorchTrainer, whose workers hold the real resources;
-    # Tune refuses an empty request, so the driver holds a token share of a CPU.
-    trainable = tune.with_resources(make_trial_fn(spec, base), {"CPU": 0.01})
+    # The trial function only drives its TorchTrainer, whose workers hold the real resources.
+    # It runs on the head node (Ray gives the head the resource "node:__internal_head__"), and
+    # Ray Train puts the run's controller beside it: then a lost worker node takes only training
+    # workers, which Ray Train restarts on the nodes that remain from the run's latest checkpoint
+    # (TrainConfig.max_failures times). A driver on a worker node would die with it and error
+    # the trial (Tune's own retry, FailureConfig(max_failures), stays 0: it would also rerun
+    # trials that diverged). The head's own CPUs (0 on large clusters) do not matter.
+    trainable = tune.with_resources(make_trial_fn(spec, base), {HEAD_RESOURCE: 0.001})
     callbacks = [_results_callback(spec, base)]
     resumed = tune.Tuner.can_restore(root)
     if resumed:

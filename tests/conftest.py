@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray instance for the whole test session (ray.init costs seconds)."""
+"""Shared fixtures: one local Ray instance for the whole test session (ray.init costs seconds),
+and a multi-node cluster on this machine for the ``multinode`` tests."""
 import os
 
 import pytest
@@ -16,13 +17,42 @@ except ImportError:
     pass
 
 
-@pytest.fixture(scope="session")
-def ray_session():
+def start_local_ray():
+    """The session's one-node Ray: 4 CPUs, dashboard on, headless GL in the workers."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False,
                  runtime_env={"env_vars": {"MUJOCO_GL": os.environ["MUJOCO_GL"],
                                            "PYOPENGL_PLATFORM": os.environ["PYOPENGL_PLATFORM"]}})
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    yield start_local_ray()
+    import ray
+
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A multi-node cluster on this machine (tests/cluster.py: a head with no CPUs and three
+    1-CPU worker nodes), this process its driver, for one test module. One Ray at a time: the
+    session's local Ray is shut down first and started again afterwards if it was running (two
+    Ray instances on one machine confuse Ray Train's placement-group cleanup)."""
+    import ray
+
+    from cluster import LocalCluster
+
+    had_local = ray.is_initialized()
+    ray.shutdown()
+    c = LocalCluster(workers=3)
+    try:
+        c.connect()
+        yield c
+    finally:
+        c.shutdown()
+        if had_local:
+            start_local_ray()

@@ -297,7 +297,10 @@ def train_func(config: dict) -> None:
                        "data_wait_frac": totals["wait"] / totals["time"],
                        "step_time_s": totals["time"] / totals["steps"],
                        "data_wait_s": totals["wait"] / totals["steps"],
-                       "done": step >= cfg.steps}
+                       "done": step >= cfg.steps,
+                       # where and when: rank 0's Ray node (hex id) and the unix time, in s
+                       "node_id": ray.get_runtime_context().get_node_id(),
+                       "reported_at": time.time()}
             do_val = step == cfg.steps or (val_every and step % val_every == 0)
             if rank == 0 and do_val and val_data:
                 t = time.perf_counter()
