@@ -58,6 +58,9 @@ def test_two_workers_train_in_sync_on_uneven_shards(ray_session, shards, tmp_pat
     m = result.metrics
     assert m["step"] == 6 and m["done"]
     assert len(m["param_sha1_per_rank"]) == 2 and m["ranks_in_sync"], m["param_sha1_per_rank"]
+    # cross-rank BatchNorm (sync_batchnorm, default on): the same running statistics on both
+    # ranks after the last step (each rank's own batch would leave them different)
+    assert len(m["buffer_sha1_per_rank"]) == 2 and m["buffers_in_sync"], m["buffer_sha1_per_rank"]
     # rank 0's checkpoint is what both ranks hold
     state = load_state(result.checkpoint.path)
     assert state["step"] == 6 and len(state["rng"]) == 2 and "optimizer" in state

@@ -58,6 +58,9 @@ class TrainConfig:
                                             # None: the model config's (paper: 8 and 64)
     num_workers: int = 1                    # DDP ranks
     use_gpu: bool = False                   # one GPU per rank + NCCL; else CPU + gloo
+    sync_batchnorm: bool = True             # num_workers > 1: BatchNorm normalises by, and keeps
+                                            # running statistics of, the global batch (every
+                                            # rank's; kpray.ops.batchnorm, works on gloo/CPU)
     seed: int = 0
     # optimiser (None: the model config's value, i.e. the paper's)
     lr: float | None = None

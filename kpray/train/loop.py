@@ -4,6 +4,7 @@
 ``TrainConfig.to_dict()``. Per rank::
 
     model = build(config)                              # kpray.train.models adapter
+    BatchNorm -> CrossRankBatchNorm when world > 1     # global-batch statistics (sync_batchnorm)
     resume from ray.train.get_checkpoint()             # prints "resuming from step N"
     ddp = ray.train.torch.prepare_model(TrainStep(model, adapter.call))
     for step in range(start, steps):
@@ -39,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kpray.ops.batchnorm import buffer_fingerprint, convert_batchnorm, local_statistics
 from kpray.train.config import TrainConfig
 from kpray.train.data import load_episodes, make_loader, to_device
 
@@ -138,6 +140,10 @@ def train_func(config: dict) -> None:
     adapter = get_adapter(cfg.model)
 
     model = adapter.build(cfg)
+    if world > 1 and cfg.sync_batchnorm:
+        # BatchNorm over the global batch: every rank normalises alike and keeps the same
+        # running statistics (DDP alone leaves each rank its own batch's statistics).
+        model = convert_batchnorm(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     step = 0
     ckpt = ray.train.get_checkpoint()
@@ -277,7 +283,9 @@ def train_func(config: dict) -> None:
             window = {"wait": 0.0, "time": 0.0, "steps": 0}
 
         if rank == 0 and cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
-            for k, v in adapter.diagnostics(model, batch, step).items():
+            with local_statistics(model):       # rank 0 alone: no cross-rank BatchNorm
+                diag = adapter.diagnostics(model, batch, step)
+            for k, v in diag.items():
                 writer.add_scalar(f"diag/{k}", v, step)
 
         if rank == 0 and cfg.preview_every and step % cfg.preview_every == 0:
@@ -312,6 +320,9 @@ def train_func(config: dict) -> None:
             if step >= cfg.steps:              # the ranks' parameters must agree at the end
                 metrics["param_sha1_per_rank"] = _gather(param_fingerprint(model), world)
                 metrics["ranks_in_sync"] = len(set(metrics["param_sha1_per_rank"])) == 1
+                # BatchNorm running statistics (and any other buffer) after the last update
+                metrics["buffer_sha1_per_rank"] = _gather(buffer_fingerprint(model), world)
+                metrics["buffers_in_sync"] = len(set(metrics["buffer_sha1_per_rank"])) == 1
             if rank == 0:
                 writer.flush()
                 _report_with_checkpoint(metrics, model, optimizer, step, rngs, cfg)
