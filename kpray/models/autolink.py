@@ -67,6 +67,9 @@ class AutoLinkConfig:
     detector_width: int = 64       # detector's first stage channels (official 64, doubling)
     decoder_width: int = 64        # decoder's first level channels (official 64, doubling, cap 8x)
     decoder_depth: int = 4         # decoder down/up steps (official 4: 128 -> 8)
+    decoder_coords: bool = False   # also feed the decoder x and y coordinate maps (not in the
+    #                                official code): position no longer has to come from the
+    #                                edge map, so keypoints are not drawn to fixed places
     init: str = "official"         # 'official': Kaiming-normal (a = 0.2) convs, zero bias;
     #                                'torch': PyTorch's default initialisation
     pixel_range: str = "signed"    # networks see images in [-1, 1] (official; masked cells are
@@ -287,10 +290,11 @@ class AutoLink(nn.Module):
             self.detector = OfficialDetector(k, c.detector_width, c.image_size, c.heatmap_size)
         else:
             self.detector = SkipDetector(k, c.detector_width)
+        c_in = 3 + 1 + (2 if c.decoder_coords else 0)
         if c.decoder == "official":
-            self.decoder = OfficialDecoder(3 + 1, c.decoder_width, c.decoder_depth)
+            self.decoder = OfficialDecoder(c_in, c.decoder_width, c.decoder_depth)
         else:
-            self.decoder = UNet(3 + 1, 3, c.decoder_width, c.decoder_depth, max_mult=8)
+            self.decoder = UNet(c_in, 3, c.decoder_width, c.decoder_depth, max_mult=8)
         if c.init == "official":
             official_init_(self.detector)
             official_init_(self.decoder)
@@ -339,7 +343,13 @@ class AutoLink(nn.Module):
     def decode(self, masked: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         """masked image [B, 3, S, S] in the networks' range, edge map [B, 1, S, S] ->
         reconstruction [B, 3, S, S] in [0, 1] units (sigmoid for 'unet', linear for 'official')."""
-        out = self.decoder(torch.cat([self.alpha * masked, edges], dim=1))
+        parts = [self.alpha * masked, edges]
+        if self.config.decoder_coords:
+            b, _, h, w = masked.shape
+            ys = torch.linspace(-1, 1, h, device=masked.device, dtype=masked.dtype)
+            xs = torch.linspace(-1, 1, w, device=masked.device, dtype=masked.dtype)
+            parts += [xs.view(1, 1, 1, w).expand(b, 1, h, w), ys.view(1, 1, h, 1).expand(b, 1, h, w)]
+        out = self.decoder(torch.cat(parts, dim=1))
         return torch.sigmoid(out) if self.config.decoder == "unet" else self.from_net(out)
 
     def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None,

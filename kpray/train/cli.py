@@ -58,6 +58,9 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                                             "(default 1)")
     a("--set", action="append", default=[], metavar="KEY=VALUE",
       help="model config field, VALUE in JSON (repeatable), e.g. --set pi_width=16")
+    a("--metrics-out", metavar="FILE",
+      help="also write the run's last reported metrics (its final validation included) to FILE "
+           "as JSON")
     if model == "autolink":
         a("--keypoints", type=int, help="number of keypoints K (default 16)")
         a("--thickness", type=float, help="edge thickness sigma^2, normalised units (default 5e-5)")
@@ -154,6 +157,17 @@ def _check_data(data: str) -> None:
             raise ConfigError(f"--data {data}: no train-*.tar shards in this folder") from None
 
 
+def write_metrics(path: str, metrics: dict) -> None:
+    """The JSON-representable entries of ``metrics`` to ``path`` (written whole or not at all)."""
+    keep = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(keep, f, indent=1, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
 def main(model: str, argv=None) -> int:
     parser = build_parser(model)
     args = parser.parse_args(argv)
@@ -179,5 +193,7 @@ def main(model: str, argv=None) -> int:
                         "val_joint_f1", "val_regression_error") if k in m]
     print(f"{prog}: done: " + ", ".join(f"{k}={m[k]:.4g}" if isinstance(m[k], float) else
                                         f"{k}={m[k]}" for k in keys))
+    if args.metrics_out:
+        write_metrics(args.metrics_out, m)
     print(f"{prog}: run folder {result.path}; tensorboard --logdir {cfg.run_log_dir if cfg.log_dir else os.path.join(result.path, 'logs')}")
     return 0
