@@ -5,7 +5,7 @@ GL_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
 
-.PHONY: setup gl deps demo test test-fast bench clean learn-skeleton
+.PHONY: setup gl deps demo test test-fast bench clean learn-skeleton learn-autolink
 
 setup: gl deps
 
@@ -53,6 +53,29 @@ learn-skeleton: setup
 	    --seed $(SEED) $(SKELETON_RECIPE) --name train --storage $(abspath $(OUT))
 	$(PY) jobs/evaluate.py --checkpoint $(OUT)/train --data $(OUT)/data --out $(OUT)
 	$(PY) jobs/compare_skeleton.py --checkpoint $(OUT)/train --data $(OUT)/data --out $(OUT)
+
+# AutoLink at CPU scale, from a fresh dataset (docs/benchmarks.md, "learn-autolink"): render
+# DATASET (one body, 64x64), train for AUTOLINK_STEPS, write OUT/validation.json (the run's last
+# validation), OUT/metrics.json (jobs/evaluate.py --checkpoint on the test split, regression
+# included) and OUT/comparison.{json,md} + OUT/autolink_graph.png (trained against untrained).
+# Use DATASET=walker (or hopper, cheetah, manipulator, spider:5, ...). Rerunning resumes.
+AUTOLINK_OUT ?= $(if $(filter command line environment,$(origin OUT)),$(OUT),runs/learn-autolink)
+AUTOLINK_DATASET ?= $(if $(filter command line environment,$(origin DATASET)),$(DATASET),walker)
+AUTOLINK_STEPS ?= 2000
+AUTOLINK_RECIPE := --keypoints 10 --thickness 1e-3 --lr 3e-4 --batch-size 16 --loss laplacian \
+	--set image_size=64 --set heatmap_size=16 --set detector_width=16 --set decoder_width=16 \
+	--set mask_grid=8 --set decoder_coords=true
+learn-autolink: setup
+	$(PY) jobs/gen_data.py --dataset $(AUTOLINK_DATASET) --episodes $(LEARN_EPISODES) \
+	    --test-episodes $(LEARN_TEST_EPISODES) --frames 32 --size 64 --shard-size 25 --seed $(SEED) \
+	    --workers 2 --no-progress --out $(AUTOLINK_OUT)/data
+	$(PY) jobs/train_autolink.py --data $(AUTOLINK_OUT)/data --workers 1 --cpus-per-worker 2 \
+	    --steps $(AUTOLINK_STEPS) --checkpoint-every 250 --preview-every 250 --val-episodes 12 \
+	    --seed $(SEED) $(AUTOLINK_RECIPE) --name train --storage $(abspath $(AUTOLINK_OUT)) \
+	    --metrics-out $(AUTOLINK_OUT)/validation.json
+	$(PY) jobs/evaluate.py --checkpoint $(AUTOLINK_OUT)/train --data $(AUTOLINK_OUT)/data --out $(AUTOLINK_OUT)
+	$(PY) jobs/compare_autolink.py --checkpoint $(AUTOLINK_OUT)/train --data $(AUTOLINK_OUT)/data \
+	    --out $(AUTOLINK_OUT)
 
 test: setup
 	$(PY) -m pytest -q

@@ -162,6 +162,19 @@ def test_autolink_official_layout_and_init(alex_random):
         tiny_autolink(alex_random, heatmap_size=12)
 
 
+def test_autolink_decoder_coords(alex_random):
+    """decoder_coords feeds x and y maps: 6 input channels, and the output depends on them."""
+    torch.manual_seed(0)
+    model = tiny_autolink(alex_random, decoder_coords=True)
+    assert model.decoder.down0[0].in_channels == 6
+    images = torch.rand(2, 3, 32, 32)
+    out = model.reconstruct(images)
+    with torch.no_grad():
+        model.decoder.down0[0].weight[:, 4:] = 0                          # cut the coordinates
+    assert not torch.allclose(model.decode(model.to_net(images) * out["mask"], out["edge_map"]),
+                              out["reconstruction"])
+
+
 def test_keypoint_spread_by_hand():
     from kpray.models.autolink import keypoint_spread
 
