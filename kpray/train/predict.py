@@ -33,12 +33,14 @@ def load_checkpoint(path: str):
 def load_model(path: str, device: str = "cpu"):
     """``(model, adapter, cfg, state)`` of the checkpoint at ``path`` (see
     :func:`load_checkpoint`), in eval mode on ``device``. AutoLink is built without its
-    pretrained perceptual network (not needed to predict)."""
+    perceptual network (not needed to predict)."""
     from kpray.train.models import get_adapter
 
     state, cfg = load_checkpoint(path)
     if cfg.model == "autolink":
-        cfg = cfg.replace(model_config={**cfg.model_config, "pretrained": False})
+        # no loss network is needed to predict: no ImageNet file, no VGG to build
+        cfg = cfg.replace(model_config={**cfg.model_config, "pretrained": False,
+                                        "loss": "pixel_grad"})
     adapter = get_adapter(cfg.model)
     model = adapter.build(cfg).to(device)
     model.load_state_dict(state["model"])
