@@ -482,8 +482,11 @@ def _render_with_ray(spec, todo, out, workers, show_progress, max_shard_retries,
                     actor = starting.pop(ref)
                     try:
                         idle.append((actor, ray.get(ref)))
-                    except RayActorError:      # lost before it started (its node went)
-                        ray.kill(actor, no_restart=True)
+                    except RayActorError as e:
+                        if e.actor_init_failed:     # its constructor raised: so would the next
+                            first = str(e).strip().splitlines()[-1]
+                            raise GenError(f"a render actor failed to start: {first}") from None
+                        ray.kill(actor, no_restart=True)   # lost before it started (its node went)
                         spawn()
                     continue
                 actor, node, task = inflight.pop(ref)

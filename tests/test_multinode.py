@@ -183,7 +183,7 @@ def test_search_spreads_trials_and_survives_a_lost_node(cluster, one_node, tmp_p
     from kpray.tune import SearchSpec, run_search
 
     shards, _ = one_node
-    steps, every = 16, 4
+    steps, every = 20, 4
     base = TrainConfig(data=shards, preset="cartpoles", steps=steps, batch_size=2, num_workers=1,
                        checkpoint_every=every, val_episodes=1, val_frames=4, preview_every=0,
                        diagnostics_every=0, loader_workers=0, seed=5, step_sleep_s=0.5,
@@ -202,20 +202,21 @@ def test_search_spreads_trials_and_survives_a_lost_node(cluster, one_node, tmp_p
 
     th = threading.Thread(target=run)
     th.start()
-    deadline = time.time() + 300
+    deadline, res, running = time.time() + 300, {}, {}
     while time.time() < deadline and th.is_alive():
         res = _trial_results(exp) if os.path.isdir(exp) else {}
-        firsts = {t: rows[-1] for t, rows in res.items()}
-        if len(firsts) == 2 and all(0 < r["step"] < steps for r in firsts.values()):
+        # both trials have reported; one has checkpointed and still has steps to go
+        running = {t: rows[-1] for t, rows in res.items() if 0 < rows[-1]["step"] < steps}
+        if len(res) == 2 and running:
             break
         time.sleep(0.2)
-    assert len(firsts) == 2, f"the two trials did not both checkpoint in time: {firsts}"
-    placed = {t: r["node_id"] for t, r in firsts.items()}
+    assert len(res) == 2 and running, f"the trials did not checkpoint in time: {res}"
+    placed = {t: rows[0]["node_id"] for t, rows in res.items()}   # where each trial trains
     assert len(set(placed.values())) == 2, placed               # on different nodes
     assert all(cluster.names[n] != "head" for n in placed.values())
-    victim_trial = sorted(placed)[0]
-    victim = placed[victim_trial]
-    step_at_kill = firsts[victim_trial]["step"]
+    victim_trial = sorted(running)[0]
+    victim = running[victim_trial]["node_id"]
+    step_at_kill = running[victim_trial]["step"]
     killed_at = cluster.kill(victim)
     th.join(420)
     assert not th.is_alive(), "the search did not end after the node was lost"
