@@ -61,10 +61,10 @@ learn-skeleton: setup
 # Use DATASET=walker (or hopper, cheetah, manipulator, spider:5, ...). Rerunning resumes.
 AUTOLINK_OUT ?= $(if $(filter command line environment,$(origin OUT)),$(OUT),runs/learn-autolink)
 AUTOLINK_DATASET ?= $(if $(filter command line environment,$(origin DATASET)),$(DATASET),walker)
-AUTOLINK_STEPS ?= 2000
+AUTOLINK_STEPS ?= 3000
 AUTOLINK_RECIPE := --keypoints 10 --thickness 1e-3 --lr 3e-4 --batch-size 16 --loss laplacian \
 	--set image_size=64 --set heatmap_size=16 --set detector_width=16 --set decoder_width=16 \
-	--set mask_grid=8 --set decoder_coords=true
+	--set decoder_coords=true
 learn-autolink: setup
 	$(PY) jobs/gen_data.py --dataset $(AUTOLINK_DATASET) --episodes $(LEARN_EPISODES) \
 	    --test-episodes $(LEARN_TEST_EPISODES) --frames 32 --size 64 --shard-size 25 --seed $(SEED) \
