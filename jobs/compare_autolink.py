@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="eval", help="output folder")
     args = ap.parse_args(argv)
     from kpray.autolink_report import compare_autolink, to_markdown, write_comparison
-    from kpray.evaluation import EvaluationError
+    from kpray.evaluation import error_exit
 
     try:
         from kpray.data import iter_episodes
@@ -37,13 +37,8 @@ def main(argv=None) -> int:
         episodes = list(iter_episodes(args.data, split=args.split))
         c = compare_autolink(args.checkpoint, episodes, data=args.data, eps=args.eps,
                              regression_episodes=args.regression_episodes)
-    except EvaluationError as e:
-        print(f"compare_autolink.py: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # unreadable shards or checkpoint: one line, exit 2
-        first = str(e).splitlines()[0] if str(e) else ""
-        print(f"compare_autolink.py: error: {type(e).__name__}: {first}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - bad input, unreadable shards or checkpoint
+        return error_exit("compare_autolink.py", e)
     print(to_markdown(c), end="")
     pj, pm = write_comparison(c, args.out)
     print(f"-> {pj}, {pm}")

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
                                                         "frame each video's links come from")
     ap.add_argument("--out", default="eval", help="output folder")
     args = ap.parse_args(argv)
-    from kpray.evaluation import EvaluationError
+    from kpray.evaluation import error_exit
     from kpray.skeleton_report import compare_skeleton, to_markdown, write_comparison
 
     try:
@@ -31,13 +31,8 @@ def main(argv=None) -> int:
 
         episodes = list(iter_episodes(args.data, split=args.split))
         c = compare_skeleton(args.checkpoint, episodes, eps=args.eps, seed=args.seed)
-    except EvaluationError as e:
-        print(f"compare_skeleton.py: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # unreadable shards or checkpoint: one line, exit 2
-        first = str(e).splitlines()[0] if str(e) else ""
-        print(f"compare_skeleton.py: error: {type(e).__name__}: {first}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - bad input, unreadable shards or checkpoint
+        return error_exit("compare_skeleton.py", e)
     print(to_markdown(c), end="")
     pj, pm = write_comparison(c, args.out)
     print(f"-> {pj}, {pm}")

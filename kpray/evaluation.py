@@ -36,6 +36,17 @@ class EvaluationError(ValueError):
     """Bad input to the evaluation (one-line message meant for the user)."""
 
 
+def error_exit(prog: str, e: BaseException) -> int:
+    """A job's failure as one line on stderr (``prog: error: ...``; the exception's type is named
+    unless it is an EvaluationError, whose message is meant for the user); returns exit code 2."""
+    import sys
+
+    first = str(e).splitlines()[0] if str(e) else ""
+    msg = first if isinstance(e, EvaluationError) else f"{type(e).__name__}: {first}"
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    return 2
+
+
 def load_predictions(path) -> tuple[dict[int, dict], str | None]:
     """Read a predictions ``.npz``.
 
