@@ -5,6 +5,7 @@ group (10-20 s on this 2-core machine, most of each test); the models are shrunk
 ``model_config``. Every test here takes over 20 s: the module is marked slow.
 """
 import glob
+import math
 import os
 import signal
 import subprocess
@@ -81,7 +82,10 @@ def test_autolink_two_workers_uneven_shards_do_not_hang(ray_session, shards, tmp
     result = fit(build_trainer(cfg))
     m = result.metrics
     assert m["step"] == 4 and m["ranks_in_sync"]
-    assert "val_regression_error" in m and 0 <= m["val_regression_error"] < 10
+    # computed (finite); its size means nothing here: a 4-step model's keypoints barely move
+    # between images, so the linear fit on them is ill-conditioned
+    for k in ("val_regression_error", "val_regression_error_plain", "val_spread_ratio"):
+        assert k in m and math.isfinite(m[k]) and m[k] >= 0, k
     assert m["alpha"] > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
