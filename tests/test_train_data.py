@@ -126,6 +126,9 @@ def test_bad_configs_are_refused(kw, msg):
     ("skeleton", ["--data", "{empty}"], "no train-"),
     ("autolink", ["--data", "{shards}", "--thickness", "-1", "--random-backbone"], "--thickness"),
     ("autolink", ["--data", "{shards}", "--keypoints", "1", "--random-backbone"], "--keypoints"),
+    ("autolink", ["--data", "{shards}", "--perceptual-weights", "{missing}"], "missing"),
+    ("autolink", ["--data", "{shards}", "--set", "heatmap_size=12", "--loss", "pixel_grad"],
+     "heatmap_size"),
 ])
 def test_job_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, shards, model, extra, msg):
     (tmp_path / "empty").mkdir()
@@ -173,3 +176,16 @@ def test_flat_tune_names_reach_the_model_config():
     assert (m.num_points, cfg.lr) == (9, 0.01)
     w = m.loss_weights()
     assert (w.uniform, w.length, w.sparse_links) == (3.0, 7.5, 500)   # cartpoles row otherwise
+
+
+def test_cli_flags_reach_the_config(shards, tmp_path):
+    from kpray.train.cli import build_parser, config_from_args
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")                   # checked to exist here, read when the loss is built
+    p = build_parser("autolink")
+    cfg = config_from_args(p.parse_args(["--data", shards, "--no-sync-batchnorm",
+                                         "--perceptual-weights", str(weights)]), "autolink")
+    assert cfg.sync_batchnorm is False and cfg.model_config["perceptual_weights"] == str(weights)
+    cfg = config_from_args(p.parse_args(["--data", shards, "--loss", "laplacian"]), "autolink")
+    assert cfg.sync_batchnorm is True and cfg.model_config["loss"] == "laplacian"

@@ -58,6 +58,9 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                                             "(default 1)")
     a("--set", action="append", default=[], metavar="KEY=VALUE",
       help="model config field, VALUE in JSON (repeatable), e.g. --set pi_width=16")
+    a("--no-sync-batchnorm", dest="sync_batchnorm", action="store_false", default=None,
+      help="with several workers, let each rank's BatchNorm use its own batch statistics "
+           "(default: statistics over all ranks' batches)")
     a("--metrics-out", metavar="FILE",
       help="also write the run's last reported metrics (its final validation included) to FILE "
            "as JSON")
@@ -87,7 +90,7 @@ def build_parser(model: str) -> argparse.ArgumentParser:
 
 FLAG_FIELDS = ("workers:num_workers", "gpu:use_gpu", "steps", "batch_size", "name", "storage",
                "checkpoint_every", "preview_every", "log_every", "lr", "seed", "max_failures",
-               "num_to_keep", "val_episodes", "loader_workers")
+               "num_to_keep", "val_episodes", "loader_workers", "sync_batchnorm")
 
 
 def parse_set_items(items) -> dict:
