@@ -40,7 +40,7 @@ from kpray.ops.edge_map import edge_map
 class AutoLinkConfig:
     """Defaults follow the official code (``models/encoder.py``, ``models/decoder.py``,
     ``utils_/loss.py`` of xingzhehe/AutoLink-...); each departure we measured or needed is a field.
-    ``PAPER_SMALL_CPU`` in docs/benchmarks.md shows the CPU-scale recipe."""
+    The CPU-scale recipe (`make learn-autolink`, docs/benchmarks.md) departs through fields."""
 
     # data
     image_size: int = 128          # paper: all images resized to 128x128
