@@ -108,9 +108,8 @@ def check_config(c: AutoLinkConfig) -> None:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {val!r}")
     s, h = c.image_size, c.heatmap_size
     if c.detector == "official":
-        ratio = h / (s / 16) if s % 16 == 0 else 0
-        if not (s % 16 == 0 and ratio >= 1 and ratio == int(ratio) and int(ratio) & (int(ratio) - 1) == 0
-                and h <= s):
+        base = s // 16                            # the detector's coarsest side
+        if not (s % 16 == 0 and h <= s and h % base == 0 and (h // base) & (h // base - 1) == 0):
             raise ValueError(f"heatmap_size {h} must be image_size/16 = {s / 16:g} times a power of 2, "
                              f"at most image_size {s} (official detector)")
     elif h != s // 4:
@@ -175,8 +174,9 @@ class OfficialDetector(nn.Module):
                   DownResBlock(4 * w, 8 * w)]
         c, side = 8 * w, image_size // 16
         while side < heatmap_size:
-            layers.append(up_block(c, max(c // 2, 1)))
-            c, side = max(c // 2, 1), side * 2
+            half = max(c // 2, 1)
+            layers.append(up_block(c, half))
+            c, side = half, side * 2
         layers.append(nn.Conv2d(c, k, 3, 1, 1))
         self.net = nn.Sequential(*layers)
 
