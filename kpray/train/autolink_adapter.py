@@ -148,8 +148,8 @@ class AutoLinkAdapter(Adapter):
         default protocol for the body, ``kpray.metrics.default_regression_protocol``: Human3.6M's,
         with the body's left/right swap; ``val_regression_error_plain``: no swap, no outlier
         rejection), ``val_spread_ratio`` (keypoints' mean pairwise distance / the GT joints')."""
-        from kpray.evaluation import evaluate_video
-        from kpray.metrics import default_regression_protocol, regression_details, spread_ratio
+        from kpray.evaluation import evaluate_video, regression_block
+        from kpray.metrics import spread_ratio
 
         model.eval()
         test = data["test"]
@@ -170,11 +170,9 @@ class AutoLinkAdapter(Adapter):
         if tr:
             tr_kp = np.concatenate([self.keypoints(model, ep["frames"]) for ep in tr])
             tr_gt = np.concatenate([ep["joints"] for ep in tr])
-            size = test[0]["frames"].shape[1]
-            proto = default_regression_protocol(te[0][0]["meta"].get("joint_names"))
-            out["val_regression_error"] = regression_details(tr_kp, tr_gt, te_kp, te_gt, size,
-                                                             **proto)["error"]
-            out["val_regression_error_plain"] = regression_details(tr_kp, tr_gt, te_kp, te_gt,
-                                                                   size)["error"]
+            block = regression_block(tr_kp, tr_gt, te_kp, te_gt, test[0]["frames"].shape[1],
+                                     joint_names=te[0][0]["meta"].get("joint_names"))
+            out["val_regression_error"] = block["error"]
+            out["val_regression_error_plain"] = block["plain_error"]
         out["val_alpha"] = float(model.alpha.detach())
         return out
