@@ -75,18 +75,20 @@ def test_gen_data_spreads_over_nodes_into_one_folder(cluster, one_node, tmp_path
 
 
 def _kill_node_after_first_shard(cluster, stats, out, result):
-    """Wait for the first finished shard, then kill the node of the actor that wrote it (it is
-    busy with its next shard by then)."""
+    """Wait for the first finished shard, then at once kill the node of the actor that wrote it.
+    That actor is handed the next pending shard as soon as the driver sees its result, so the
+    kill finds it rendering (or the shard is sent to the dead actor): either way the loss hits a
+    shard. A shard takes well under a second on an idle machine, so waiting any longer can find
+    the run's last shards already done and the victim idle for good."""
     deadline = time.time() + 240
     while time.time() < deadline and "m" not in result and "e" not in result:
         done = dict(stats.get("shard_nodes", {}))
         if done:
             victim = next(iter(done.values()))
-            time.sleep(0.3)                                   # well inside its next shard
             result["victim"] = victim
             result["killed_at"] = cluster.kill(victim)
             return
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def test_gen_data_survives_a_lost_node(cluster, one_node, tmp_path):
