@@ -37,7 +37,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, **kw):
         local = {k: v for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None}
         # address="local": a new instance even when another cluster runs on this machine (Ray
         # would otherwise join the newest `ray start` cluster it finds in /tmp/ray)
-        ray.init(address="local", include_dashboard=True, **local, **kw)
+        ray.init(address="local", include_dashboard=None, **local, **kw)
     return ray
 
 
