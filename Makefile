@@ -59,9 +59,11 @@ learn-skeleton: setup
 # validation), OUT/metrics.json (jobs/evaluate.py --checkpoint on the test split, regression
 # included) and OUT/comparison.{json,md} + OUT/autolink_graph.png (trained against untrained).
 # Use DATASET=walker (or hopper, cheetah, manipulator, spider:5, ...). Rerunning resumes.
+# AUTOLINK_SET adds training flags, e.g. AUTOLINK_SET='--set equivariance_weight=1.0'.
 AUTOLINK_OUT ?= $(if $(filter command line environment,$(origin OUT)),$(OUT),runs/learn-autolink)
 AUTOLINK_DATASET ?= $(if $(filter command line environment,$(origin DATASET)),$(DATASET),walker)
 AUTOLINK_STEPS ?= 3000
+AUTOLINK_SET ?=
 AUTOLINK_RECIPE := --keypoints 10 --thickness 1e-3 --lr 3e-4 --batch-size 16 --loss laplacian \
 	--set image_size=64 --set heatmap_size=16 --set detector_width=16 --set decoder_width=16 \
 	--set decoder_coords=true
@@ -71,7 +73,7 @@ learn-autolink: setup
 	    --workers 2 --no-progress --out $(AUTOLINK_OUT)/data
 	$(PY) jobs/train_autolink.py --data $(AUTOLINK_OUT)/data --workers 1 --cpus-per-worker 2 \
 	    --steps $(AUTOLINK_STEPS) --checkpoint-every 250 --preview-every 250 --val-episodes 12 \
-	    --seed $(SEED) $(AUTOLINK_RECIPE) --name train --storage $(abspath $(AUTOLINK_OUT)) \
+	    --seed $(SEED) $(AUTOLINK_RECIPE) $(AUTOLINK_SET) --name train --storage $(abspath $(AUTOLINK_OUT)) \
 	    --metrics-out $(AUTOLINK_OUT)/validation.json
 	$(PY) jobs/evaluate.py --checkpoint $(AUTOLINK_OUT)/train --data $(AUTOLINK_OUT)/data --out $(AUTOLINK_OUT)
 	$(PY) jobs/compare_autolink.py --checkpoint $(AUTOLINK_OUT)/train --data $(AUTOLINK_OUT)/data \

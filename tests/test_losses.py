@@ -239,6 +239,46 @@ def test_pixel_grad_and_laplacian_losses_by_hand():
     assert torch.allclose(rebuilt, x, atol=1e-5)
 
 
+def test_rotations_of_points_and_images_agree():
+    from kpray.ops.transforms import rotate_images, rotate_points
+
+    # by hand: a quarter turn takes x to y (clockwise on screen, y down)
+    p = torch.tensor([[[0.5, 0.0], [0.0, -0.25]]])
+    q = rotate_points(p, torch.tensor([math.pi / 2]))
+    assert torch.allclose(q, torch.tensor([[[0.0, 0.5], [0.25, 0.0]]]), atol=1e-6)
+    # an image of one bright pixel: its centre of mass moves as the point does
+    from kpray.ops.coords import pixel_grid
+
+    img = torch.zeros(1, 1, 64, 64)
+    img[0, 0, 20, 40] = 1.0
+    dot = to_normalised(torch.tensor([[[40.0, 20.0]]]), 64)
+    for a in (0.5, math.pi / 2, -2.0, math.pi):
+        ang = torch.tensor([a])
+        w = rotate_images(img, ang, padding="zeros").flatten(2)
+        centre = (w / w.sum(-1, keepdim=True)) @ pixel_grid(64, 64)
+        assert torch.allclose(centre, rotate_points(dot, ang), atol=2e-3)
+    # angle 0 is the identity on images
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(rotate_images(x, torch.zeros(2)), x, atol=1e-5)
+
+
+def test_equivariance_loss_by_hand():
+    from kpray.losses.autolink import equivariance_loss
+    from kpray.ops.transforms import rotate_points
+
+    torch.manual_seed(0)
+    kp = torch.rand(3, 5, 2) * 2 - 1
+    ang = torch.tensor([0.3, -1.0, 2.5])
+    assert equivariance_loss(rotate_points(kp, ang), kp, ang).item() == pytest.approx(0, abs=1e-10)
+    # every keypoint off by (0.1, -0.2): squared distance 0.05
+    off = rotate_points(kp, ang) + torch.tensor([0.1, -0.2])
+    assert equivariance_loss(off, kp, ang).item() == pytest.approx(0.05, rel=1e-5)
+    # a detector that ignores the image (fixed keypoints) pays 2 r^2 (1 - cos a) per keypoint
+    fixed = torch.tensor([[[0.5, 0.0]]])
+    a = torch.tensor([math.pi / 3])
+    assert equivariance_loss(fixed, fixed, a).item() == pytest.approx(2 * 0.25 * 0.5, rel=1e-5)
+
+
 def _bending_chain(n_between: int = 3, angles=(0.0, 0.5, 1.0, 1.5)):
     """Two rigid links A-B-C (0.6 long) bending at B by each angle, with n_between points spaced
     along each link: points [len(angles), 3 + 2 n, 2] (A, B, C first) and the true links."""

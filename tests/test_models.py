@@ -175,6 +175,28 @@ def test_autolink_decoder_coords(alex_random):
                               out["reconstruction"])
 
 
+def test_autolink_equivariance_term(alex_random):
+    """equivariance_weight adds weight x equivariance_loss on the detector (same RNG draws as
+    model.equivariance), reaches the detector's gradient, and is refused when negative."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    off = tiny_autolink(alex_random)
+    assert "equivariance" not in off(images)[1]
+    model = tiny_autolink(alex_random, equivariance_weight=2.0, equivariance_max_angle=90.0)
+    torch.manual_seed(1)
+    loss, terms = model(images)
+    torch.manual_seed(1)
+    out = model.reconstruct(images)
+    eq = model.equivariance(images, out["keypoints"])
+    assert terms["equivariance"].item() == pytest.approx(eq.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(terms["perceptual"].item() + 2.0 * eq.item(), rel=1e-5)
+    model.zero_grad()
+    eq.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.detector.parameters())
+    with pytest.raises(ValueError, match="equivariance"):
+        tiny_autolink(alex_random, equivariance_weight=-1.0)
+
+
 def test_keypoint_spread_by_hand():
     from kpray.models.autolink import keypoint_spread
 

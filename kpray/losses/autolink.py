@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kpray.ops.transforms import rotate_points
+
 LOSS_KINDS = ("vgg", "lpips", "pixel_grad", "laplacian")
 # torchvision's file names for the ImageNet backbones.
 BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
@@ -208,3 +210,13 @@ def build_loss(kind: str = "vgg", net: str = "vgg", pretrained: bool = True,
 def PerceptualLoss(net: str = "vgg", pretrained: bool = True) -> nn.Module:  # noqa: N802
     """The LPIPS loss under its earlier name (kept for callers of the old API)."""
     return LPIPSLoss(net, pretrained)
+
+
+def equivariance_loss(keypoints_of_rotated: torch.Tensor, keypoints: torch.Tensor,
+                      angles: torch.Tensor) -> torch.Tensor:
+    """Rotation equivariance of a keypoint detector (not in AutoLink; an option of ours, see
+    ``AutoLinkConfig.equivariance_weight``): the mean over images and keypoints of the squared
+    distance between the keypoints found on the rotated image, ``keypoints_of_rotated``
+    [B, K, 2], and the original keypoints rotated, ``R(angles) keypoints`` ([B, K, 2] and [B]
+    radians; normalised units, :mod:`kpray.ops.transforms`). 0 for an equivariant detector."""
+    return (keypoints_of_rotated - rotate_points(keypoints, angles)).pow(2).sum(-1).mean()

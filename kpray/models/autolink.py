@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kpray.losses.autolink import build_loss
+from kpray.losses.autolink import build_loss, equivariance_loss
 from kpray.models.unet import UNet
 from kpray.ops.coords import soft_argmax
 from kpray.ops.edge_map import edge_map
+from kpray.ops.transforms import rotate_images
 
 
 @dataclass
@@ -74,6 +75,12 @@ class AutoLinkConfig:
     #                                'torch': PyTorch's default initialisation
     pixel_range: str = "signed"    # networks see images in [-1, 1] (official; masked cells are
     #                                mid-grey) or 'unit': [0, 1] (masked cells black)
+    # rotation equivariance (not in AutoLink, which trains on upright bodies; 0 = off, as in the
+    # official code). Bodies that tumble (our zero-gravity walker) give keypoints that slide along
+    # the body without a fixed identity; this asks detect(rotate(x)) = rotate(detect(x)) for a
+    # random in-plane rotation of each image (kpray.losses.autolink.equivariance_loss)
+    equivariance_weight: float = 0.0
+    equivariance_max_angle: float = 180.0  # rotation drawn uniformly in +-this, degrees
     # loss (kpray.losses.autolink)
     loss: str = "vgg"              # 'vgg' (official: VGG16 L1), 'lpips', 'pixel_grad', 'laplacian'
     perceptual_net: str = "vgg"    # LPIPS backbone: 'vgg' or 'alex' (loss='lpips' only)
@@ -115,6 +122,9 @@ def check_config(c: AutoLinkConfig) -> None:
     elif h != s // 4:
         raise ValueError(f"the 'skip' detector gives image_size/4 = {s // 4} heatmaps, not "
                          f"heatmap_size {h}")
+    if c.equivariance_weight < 0 or not 0 <= c.equivariance_max_angle <= 180:
+        raise ValueError(f"equivariance_weight must be >= 0 and equivariance_max_angle in [0, 180], "
+                         f"got {c.equivariance_weight} and {c.equivariance_max_angle}")
     if s % (2 ** c.decoder_depth):
         raise ValueError(f"image_size {s} must be divisible by 2^decoder_depth = {2 ** c.decoder_depth}")
 
@@ -383,7 +393,20 @@ class AutoLink(nn.Module):
         terms = {"perceptual": loss.detach(), "alpha": self.alpha.detach(),
                  "edge_weight_mean": w.sum() / (k * (k - 1)), "edge_weight_max": w.max(),
                  "keypoint_spread": keypoint_spread(out["keypoints"].detach())}
+        if self.config.equivariance_weight > 0:
+            eq = self.equivariance(images, out["keypoints"])
+            terms["equivariance"] = eq.detach()
+            loss = loss + self.config.equivariance_weight * eq
         return loss, terms
+
+    def equivariance(self, images: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """:func:`kpray.losses.autolink.equivariance_loss` of the detector on ``images``
+        [B, 3, S, S] (keypoints [B, K, 2] already detected on them), each image rotated by an
+        angle drawn uniformly in +-``equivariance_max_angle`` degrees (global RNG)."""
+        max_rad = math.radians(self.config.equivariance_max_angle)
+        angles = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * max_rad
+        rotated, _ = self.detect(rotate_images(images, angles))
+        return equivariance_loss(rotated, keypoints, angles)
 
     def training_step(self, images: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict]:
         return self(images, step=step)

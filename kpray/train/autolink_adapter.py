@@ -18,7 +18,7 @@ from kpray.train.adapter import (Adapter, draw_points, epsilon_for, grid, known_
 class AutoLinkAdapter(Adapter):
     sample_mode = "frame"
     images_per_sample = 1
-    loss_terms = ("perceptual",)
+    loss_terms = ("perceptual", "equivariance")
 
     def make_config(self, preset, overrides):
         from kpray.models.autolink import AutoLinkConfig
