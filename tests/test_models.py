@@ -193,6 +193,11 @@ def test_autolink_equivariance_term(alex_random):
     model.zero_grad()
     eq.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.detector.parameters())
+    ramped = tiny_autolink(alex_random, equivariance_weight=2.0, equivariance_ramp_steps=100)
+    assert [ramped.equivariance_weight_at(s) for s in (0, 50, 100, 500)] == [0.0, 1.0, 2.0, 2.0]
+    torch.manual_seed(1)
+    loss0, terms0 = ramped(images, step=0)
+    assert "equivariance" in terms0 and loss0.item() == pytest.approx(terms0["perceptual"].item())
     with pytest.raises(ValueError, match="equivariance"):
         tiny_autolink(alex_random, equivariance_weight=-1.0)
 

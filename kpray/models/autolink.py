@@ -81,6 +81,9 @@ class AutoLinkConfig:
     # random in-plane rotation of each image (kpray.losses.autolink.equivariance_loss)
     equivariance_weight: float = 0.0
     equivariance_max_angle: float = 180.0  # rotation drawn uniformly in +-this, degrees
+    equivariance_ramp_steps: int = 0       # weight rises linearly from 0 over these steps, so
+    #                                        that reconstruction spreads the keypoints first
+    #                                        (from step 0 the term pulls them to the centre)
     # loss (kpray.losses.autolink)
     loss: str = "vgg"              # 'vgg' (official: VGG16 L1), 'lpips', 'pixel_grad', 'laplacian'
     perceptual_net: str = "vgg"    # LPIPS backbone: 'vgg' or 'alex' (loss='lpips' only)
@@ -122,9 +125,11 @@ def check_config(c: AutoLinkConfig) -> None:
     elif h != s // 4:
         raise ValueError(f"the 'skip' detector gives image_size/4 = {s // 4} heatmaps, not "
                          f"heatmap_size {h}")
-    if c.equivariance_weight < 0 or not 0 <= c.equivariance_max_angle <= 180:
-        raise ValueError(f"equivariance_weight must be >= 0 and equivariance_max_angle in [0, 180], "
-                         f"got {c.equivariance_weight} and {c.equivariance_max_angle}")
+    if c.equivariance_weight < 0 or not 0 <= c.equivariance_max_angle <= 180 \
+            or c.equivariance_ramp_steps < 0:
+        raise ValueError(f"equivariance_weight and equivariance_ramp_steps must be >= 0 and "
+                         f"equivariance_max_angle in [0, 180], got {c.equivariance_weight}, "
+                         f"{c.equivariance_ramp_steps} and {c.equivariance_max_angle}")
     if s % (2 ** c.decoder_depth):
         raise ValueError(f"image_size {s} must be divisible by 2^decoder_depth = {2 ** c.decoder_depth}")
 
@@ -381,8 +386,8 @@ class AutoLink(nn.Module):
     # -- training
 
     def forward(self, images: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict]:
-        """images: [B, 3, S, S] float in [0, 1] -> (loss, terms). `step` is unused (AutoLink has
-        no schedule) and kept for a loop shared with the skeleton model. terms: detached
+        """images: [B, 3, S, S] float in [0, 1] -> (loss, terms). `step` only ramps the optional
+        equivariance term (AutoLink itself has no schedule). terms: detached
         scalars for logging: 'perceptual' (the loss), 'alpha', 'edge_weight_mean/max',
         'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
         the image side)."""
@@ -396,8 +401,14 @@ class AutoLink(nn.Module):
         if self.config.equivariance_weight > 0:
             eq = self.equivariance(images, out["keypoints"])
             terms["equivariance"] = eq.detach()
-            loss = loss + self.config.equivariance_weight * eq
+            loss = loss + self.equivariance_weight_at(step) * eq
         return loss, terms
+
+    def equivariance_weight_at(self, step: int) -> float:
+        """``equivariance_weight`` times min(1, step / ``equivariance_ramp_steps``)."""
+        c = self.config
+        ramp = min(1.0, step / c.equivariance_ramp_steps) if c.equivariance_ramp_steps > 0 else 1.0
+        return c.equivariance_weight * ramp
 
     def equivariance(self, images: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
         """:func:`kpray.losses.autolink.equivariance_loss` of the detector on ``images``
