@@ -257,6 +257,11 @@ def test_rotations_of_points_and_images_agree():
         w = rotate_images(img, ang, padding="zeros").flatten(2)
         centre = (w / w.sum(-1, keepdim=True)) @ pixel_grid(64, 64)
         assert torch.allclose(centre, rotate_points(dot, ang), atol=2e-3)
+    # with a shift: the content at p moves to R p + t
+    t = torch.tensor([[0.2, -0.1]])
+    w = rotate_images(img, torch.tensor([0.7]), padding="zeros", shifts=t).flatten(2)
+    centre = (w / w.sum(-1, keepdim=True)) @ pixel_grid(64, 64)
+    assert torch.allclose(centre, rotate_points(dot, torch.tensor([0.7]), t), atol=2e-3)
     # angle 0 is the identity on images
     x = torch.rand(2, 3, 16, 16)
     assert torch.allclose(rotate_images(x, torch.zeros(2)), x, atol=1e-5)
@@ -273,6 +278,11 @@ def test_equivariance_loss_by_hand():
     # every keypoint off by (0.1, -0.2): squared distance 0.05
     off = rotate_points(kp, ang) + torch.tensor([0.1, -0.2])
     assert equivariance_loss(off, kp, ang).item() == pytest.approx(0.05, rel=1e-5)
+    # a shift of (0.3, 0.4) not followed: 0.25; followed: 0
+    t = torch.tensor([[0.3, 0.4]] * 3)
+    assert equivariance_loss(rotate_points(kp, ang), kp, ang, t).item() == pytest.approx(0.25, rel=1e-5)
+    assert equivariance_loss(rotate_points(kp, ang) + t[:, None], kp, ang, t).item() == \
+        pytest.approx(0, abs=1e-10)
     # a detector that ignores the image (fixed keypoints) pays 2 r^2 (1 - cos a) per keypoint
     fixed = torch.tensor([[[0.5, 0.0]]])
     a = torch.tensor([math.pi / 3])

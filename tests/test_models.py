@@ -198,8 +198,12 @@ def test_autolink_equivariance_term(alex_random):
     torch.manual_seed(1)
     loss0, terms0 = ramped(images, step=0)
     assert "equivariance" in terms0 and loss0.item() == pytest.approx(terms0["perceptual"].item())
-    with pytest.raises(ValueError, match="equivariance"):
-        tiny_autolink(alex_random, equivariance_weight=-1.0)
+    shifted = tiny_autolink(alex_random, equivariance_weight=1.0, equivariance_max_shift=0.3)
+    assert shifted(images)[1]["equivariance"] > 0
+    for bad in ({"equivariance_weight": -1.0}, {"equivariance_max_shift": 2.5},
+                {"equivariance_ramp_steps": -1}):
+        with pytest.raises(ValueError, match="equivariance"):
+            tiny_autolink(alex_random, **bad)
 
 
 def test_keypoint_spread_by_hand():

@@ -213,10 +213,11 @@ def PerceptualLoss(net: str = "vgg", pretrained: bool = True) -> nn.Module:  # n
 
 
 def equivariance_loss(keypoints_of_rotated: torch.Tensor, keypoints: torch.Tensor,
-                      angles: torch.Tensor) -> torch.Tensor:
+                      angles: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
     """Rotation equivariance of a keypoint detector (not in AutoLink; an option of ours, see
     ``AutoLinkConfig.equivariance_weight``): the mean over images and keypoints of the squared
     distance between the keypoints found on the rotated image, ``keypoints_of_rotated``
     [B, K, 2], and the original keypoints rotated, ``R(angles) keypoints`` ([B, K, 2] and [B]
-    radians; normalised units, :mod:`kpray.ops.transforms`). 0 for an equivariant detector."""
-    return (keypoints_of_rotated - rotate_points(keypoints, angles)).pow(2).sum(-1).mean()
+    radians; normalised units, :mod:`kpray.ops.transforms`), then shifted by ``shifts`` [B, 2]
+    when given. 0 for an equivariant detector."""
+    return (keypoints_of_rotated - rotate_points(keypoints, angles, shifts)).pow(2).sum(-1).mean()

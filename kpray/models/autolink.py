@@ -81,6 +81,9 @@ class AutoLinkConfig:
     # random in-plane rotation of each image (kpray.losses.autolink.equivariance_loss)
     equivariance_weight: float = 0.0
     equivariance_max_angle: float = 180.0  # rotation drawn uniformly in +-this, degrees
+    equivariance_max_shift: float = 0.0    # and shifted by up to this in x and y (normalised
+    #                                        units, 2 = the image side): a shift has no fixed
+    #                                        point, so keypoints at the centre no longer satisfy it
     equivariance_ramp_steps: int = 0       # weight rises linearly from 0 over these steps, so
     #                                        that reconstruction spreads the keypoints first
     #                                        (from step 0 the term pulls them to the centre)
@@ -126,10 +129,11 @@ def check_config(c: AutoLinkConfig) -> None:
         raise ValueError(f"the 'skip' detector gives image_size/4 = {s // 4} heatmaps, not "
                          f"heatmap_size {h}")
     if c.equivariance_weight < 0 or not 0 <= c.equivariance_max_angle <= 180 \
-            or c.equivariance_ramp_steps < 0:
-        raise ValueError(f"equivariance_weight and equivariance_ramp_steps must be >= 0 and "
-                         f"equivariance_max_angle in [0, 180], got {c.equivariance_weight}, "
-                         f"{c.equivariance_ramp_steps} and {c.equivariance_max_angle}")
+            or c.equivariance_ramp_steps < 0 or not 0 <= c.equivariance_max_shift < 2:
+        raise ValueError(f"equivariance_weight and equivariance_ramp_steps must be >= 0, "
+                         f"equivariance_max_angle in [0, 180] and equivariance_max_shift in "
+                         f"[0, 2), got {c.equivariance_weight}, {c.equivariance_ramp_steps}, "
+                         f"{c.equivariance_max_angle} and {c.equivariance_max_shift}")
     if s % (2 ** c.decoder_depth):
         raise ValueError(f"image_size {s} must be divisible by 2^decoder_depth = {2 ** c.decoder_depth}")
 
@@ -413,11 +417,16 @@ class AutoLink(nn.Module):
     def equivariance(self, images: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
         """:func:`kpray.losses.autolink.equivariance_loss` of the detector on ``images``
         [B, 3, S, S] (keypoints [B, K, 2] already detected on them), each image rotated by an
-        angle drawn uniformly in +-``equivariance_max_angle`` degrees (global RNG)."""
-        max_rad = math.radians(self.config.equivariance_max_angle)
-        angles = (torch.rand(images.shape[0], device=images.device) * 2 - 1) * max_rad
-        rotated, _ = self.detect(rotate_images(images, angles))
-        return equivariance_loss(rotated, keypoints, angles)
+        angle drawn uniformly in +-``equivariance_max_angle`` degrees and shifted by up to
+        ``equivariance_max_shift`` in x and y (global RNG)."""
+        c = self.config
+        b = images.shape[0]
+        angles = (torch.rand(b, device=images.device) * 2 - 1) * math.radians(c.equivariance_max_angle)
+        shifts = None
+        if c.equivariance_max_shift > 0:
+            shifts = (torch.rand(b, 2, device=images.device) * 2 - 1) * c.equivariance_max_shift
+        rotated, _ = self.detect(rotate_images(images, angles, shifts=shifts))
+        return equivariance_loss(rotated, keypoints, angles, shifts)
 
     def training_step(self, images: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict]:
         return self(images, step=step)
