@@ -6,7 +6,15 @@ If the true skeleton barely lowers the loss, the detector gets no reason to put 
 the body, whatever the optimiser does: that is the first thing to know about a dataset and a
 loss. Only the decoder is trained here (official layout), one per condition, same data and seed.
 
+Condition "learned graph" (``--only "learned graph"`` or among all) keeps the true joints as
+keypoints but draws them with AutoLink's own shared graph, learned with the decoder from the
+official initialisation: does the reconstruction signal alone find the body's links when the
+keypoints are perfect? It prints the graph's strongest E edges (E = the true number of links)
+and how many are true links.
+
     python benchmarks/autolink_oracle.py --data shards/walker --steps 300 --loss pixel_grad
+    python benchmarks/autolink_oracle.py --data shards/walker --steps 1500 --loss laplacian \
+        --mask-grid 16 --set decoder_coords=true --only "no edge map" "learned graph"
 """
 from __future__ import annotations
 
@@ -30,6 +38,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mask-grid", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--only", nargs="+", default=None, metavar="CONDITION",
+                    help="run only these conditions: 'true skeleton', 'no edge map', "
+                         "'fixed pattern', 'learned graph' (default: all)")
     ap.add_argument("--out", default=None, help="JSON results file")
     args = ap.parse_args(argv)
 
@@ -57,8 +68,14 @@ def main(argv=None) -> int:
         "true skeleton": lambda j: j,
         "no edge map": None,
         "fixed pattern": lambda j: fixed.expand_as(j),
+        "learned graph": lambda j: j,
     }
-    results = {}
+    if args.only:
+        unknown = set(args.only) - set(conditions)
+        if unknown:
+            ap.error(f"unknown condition(s) {sorted(unknown)}: choose from {list(conditions)}")
+        conditions = {k: v for k, v in conditions.items() if k in args.only}
+    results, graphs = {}, {}
     for name, kp_of in conditions.items():
         torch.manual_seed(0)
         cfg = AutoLinkConfig(image_size=size, heatmap_size=size // 4, decoder_width=args.width,
@@ -67,8 +84,15 @@ def main(argv=None) -> int:
                              mask_grid=args.mask_grid, lr=args.lr,
                              **parse_set_items(args.set))
         model = AutoLink(cfg)
-        opt = torch.optim.AdamW(list(model.decoder.parameters()) + [model.alpha], lr=args.lr,
-                                betas=cfg.betas, weight_decay=cfg.weight_decay)
+        learned = name == "learned graph"
+        params = list(model.decoder.parameters()) + [model.alpha]
+        if learned:
+            if model.edge_weight_raw.shape[0] != jtr.shape[1]:
+                model.edge_weight_raw = torch.nn.Parameter(   # K = J: one keypoint per joint
+                    (cfg.edge_init_logit + cfg.edge_init_std * torch.randn(jtr.shape[1], jtr.shape[1]))
+                    / cfg.edge_weight_scale)
+            params.append(model.edge_weight_raw)
+        opt = torch.optim.AdamW(params, lr=args.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(1)
 
         def run(x, j, g):
@@ -77,6 +101,8 @@ def main(argv=None) -> int:
             mask = random_grid_mask(x.shape[0], size, cfg.mask_grid, cfg.mask_ratio, generator=g)
             if kp_of is None:
                 edges = torch.zeros(x.shape[0], 1, size, size)
+            elif learned:
+                edges = edge_map(j, model.edge_weights(), cfg.thickness, (size, size)).unsqueeze(1)
             else:
                 edges = edge_map(kp_of(j), adj, cfg.thickness, (size, size)).unsqueeze(1)
             recon = model.decode(model.to_net(x) * mask, edges)
@@ -96,12 +122,27 @@ def main(argv=None) -> int:
                                        for i in range(0, len(xte), 32)]))
         results[name] = test_loss
         print(f"{name:15s} test loss {test_loss:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    base = results["no edge map"]
+        if learned:
+            w = model.edge_weights().detach()
+            e = int(adj.triu(1).sum())
+            iu = torch.triu_indices(len(w), len(w), 1)
+            order = w[iu[0], iu[1]].argsort(descending=True)[:e]
+            top = [(int(iu[0][o]), int(iu[1][o]), float(w[iu[0][o], iu[1][o]])) for o in order]
+            hits = sum(bool(adj[a, b]) for a, b, _ in top)
+            chance = e / (len(w) * (len(w) - 1) / 2)
+            graphs[name] = {"top_edges": top, "true_links_in_top": hits, "links": e,
+                            "chance": chance}
+            names = train[0]["meta"].get("joint_names") or list(range(len(w)))
+            print(f"learned graph: {hits} of its {e} strongest edges are true links (chance "
+                  f"{chance:.2f} each): " + ", ".join(f"{names[a]}-{names[b]} {v:.3f}"
+                                                     for a, b, v in top), flush=True)
+    base = results.get("no edge map")
     for name, v in results.items():
-        print(f"{name:15s} {100 * (v / base - 1):+.1f} % against no edge map")
+        if base is not None:
+            print(f"{name:15s} {100 * (v / base - 1):+.1f} % against no edge map")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "test_loss": results}, f, indent=1)
+            json.dump({"args": vars(args), "test_loss": results, "graphs": graphs}, f, indent=1)
     return 0
 
 
