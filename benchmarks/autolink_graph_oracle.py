@@ -36,18 +36,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
-    from kpray.evaluation import regression_block
+    from autolink_supervised import load_body_data, score_keypoints
+
     from kpray.models.autolink import AutoLink, AutoLinkConfig
     from kpray.ops.coords import to_pixels
-    from kpray.train.data import load_episodes
 
-    torch.manual_seed(a.seed)
-    rng = np.random.default_rng(a.seed)
-    train = load_episodes(a.data, "train", a.train_episodes, 10 ** 6)
-    test = load_episodes(a.data, "test", 10 ** 6, 10 ** 6)
-    names = train[0]["meta"].get("joint_names")
-    size = train[0]["frames"].shape[1]
-    frames = np.concatenate([e["frames"] for e in train])                   # [N, S, S, 3] uint8
+    train, test, names, size, frames, rng = load_body_data(a.data, a.train_episodes, a.seed)
     adj = torch.from_numpy(np.asarray(train[0]["adjacency"], np.float32))   # [J, J]
     j = adj.shape[0]
     cfg = AutoLinkConfig(image_size=size, heatmap_size=16, num_keypoints=j, thickness=1e-3,
@@ -83,10 +77,7 @@ def main(argv=None) -> int:
             return np.concatenate([to_pixels(model.detect(batch(e["frames"]))[0], size).numpy()
                                    for e in eps]).astype(np.float64)
 
-    fit = train[:a.fit_episodes]
-    block = regression_block(predict(fit), np.concatenate([e["joints"] for e in fit]),
-                             predict(test), np.concatenate([e["joints"] for e in test]),
-                             image_size=size, joint_names=names)
+    block = score_keypoints(predict, train, test, a.fit_episodes, names, size)
     w = model.edge_weights().detach()
     iu = torch.triu_indices(j, j, 1)
     e = int(adj.triu(1).sum())

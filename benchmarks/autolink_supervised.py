@@ -34,6 +34,30 @@ def swap_min_l2(pred: torch.Tensor, gt: torch.Tensor, swap: list[int] | None) ->
     return d
 
 
+def load_body_data(data: str, train_episodes: int, seed: int):
+    """Seeds torch, reads ``train_episodes`` train and every test episode of ``data`` (all frames).
+    Returns ``(train, test, joint_names, size, frames [N, S, S, 3] uint8 of train, rng)``."""
+    from kpray.train.data import load_episodes
+
+    torch.manual_seed(seed)
+    train = load_episodes(data, "train", train_episodes, 10 ** 6)
+    test = load_episodes(data, "test", 10 ** 6, 10 ** 6)
+    frames = np.concatenate([e["frames"] for e in train])
+    return (train, test, train[0]["meta"].get("joint_names"), train[0]["frames"].shape[1], frames,
+            np.random.default_rng(seed))
+
+
+def score_keypoints(predict, train, test, fit_episodes: int, names, size: int) -> dict:
+    """``kpray.evaluation.regression_block`` of ``predict(episodes) -> [N, K, 2]`` pixels, fitted
+    on the first ``fit_episodes`` train episodes and scored on every test episode."""
+    from kpray.evaluation import regression_block
+
+    fit = train[:fit_episodes]
+    return regression_block(predict(fit), np.concatenate([e["joints"] for e in fit]),
+                            predict(test), np.concatenate([e["joints"] for e in test]),
+                            image_size=size, joint_names=names)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="shard folder of one body (train and test splits)")
@@ -47,20 +71,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
-    from kpray.evaluation import regression_block
     from kpray.metrics import lr_swap_permutation
     from kpray.models.autolink import OfficialDetector, official_init_
     from kpray.ops.coords import soft_argmax, to_normalised, to_pixels
-    from kpray.train.data import load_episodes
 
-    torch.manual_seed(a.seed)
-    rng = np.random.default_rng(a.seed)
-    train = load_episodes(a.data, "train", a.train_episodes, 10 ** 6)
-    test = load_episodes(a.data, "test", 10 ** 6, 10 ** 6)
-    names = train[0]["meta"].get("joint_names")
+    train, test, names, size, frames, rng = load_body_data(a.data, a.train_episodes, a.seed)
     swap = lr_swap_permutation(names) if names else None
-    size = train[0]["frames"].shape[1]
-    frames = np.concatenate([e["frames"] for e in train])                  # [N, S, S, 3] uint8
     joints = np.concatenate([e["joints"] for e in train]).astype(np.float32)  # [N, J, 2] px
     j = joints.shape[1]
 
@@ -89,12 +105,9 @@ def main(argv=None) -> int:
             return np.concatenate([to_pixels(soft_argmax(det(to_input(e["frames"]))), size).numpy()
                                    for e in eps]).astype(np.float64)
 
-    fit = train[:a.fit_episodes]
-    ktr, kte = predict(fit), predict(test)
-    gtr = np.concatenate([e["joints"] for e in fit]).astype(np.float64)
+    block = score_keypoints(predict, train, test, a.fit_episodes, names, size)
     gte = np.concatenate([e["joints"] for e in test]).astype(np.float64)
-    block = regression_block(ktr, gtr, kte, gte, image_size=size, joint_names=names)
-    direct = swap_min_l2(torch.from_numpy(kte), torch.from_numpy(gte), swap).sqrt().mean().item()
+    direct = swap_min_l2(torch.from_numpy(predict(test)), torch.from_numpy(gte), swap).sqrt().mean().item()
     print(f"supervised detector (width {a.width}, heatmap {a.heatmap_size}, {size} px, {a.steps} "
           f"steps, {len(train)} train episodes): keypoint regression {block['protocol']} "
           f"{block['error']:.3f}, plain {block['plain_error']:.3f}; direct error (RMS over "
