@@ -283,6 +283,14 @@ def test_equivariance_loss_by_hand():
     assert equivariance_loss(rotate_points(kp, ang), kp, ang, t).item() == pytest.approx(0.25, rel=1e-5)
     assert equivariance_loss(rotate_points(kp, ang) + t[:, None], kp, ang, t).item() == \
         pytest.approx(0, abs=1e-10)
+    # normalised: divided by the spread (mean squared distance to the image's keypoint mean),
+    # so scaling everything towards the centre leaves it unchanged
+    pts = torch.tensor([[[0.5, 0.0], [-0.5, 0.0]]])                     # spread 0.25
+    a0 = torch.tensor([0.0])
+    moved = pts + torch.tensor([0.1, 0.0])                               # error 0.01
+    assert equivariance_loss(moved, pts, a0, normalise=True, eps=0).item() == pytest.approx(0.04)
+    assert equivariance_loss(0.1 * moved, 0.1 * pts, a0, normalise=True, eps=0).item() == \
+        pytest.approx(0.04, rel=1e-5)
     # a detector that ignores the image (fixed keypoints) pays 2 r^2 (1 - cos a) per keypoint
     fixed = torch.tensor([[[0.5, 0.0]]])
     a = torch.tensor([math.pi / 3])

@@ -213,11 +213,21 @@ def PerceptualLoss(net: str = "vgg", pretrained: bool = True) -> nn.Module:  # n
 
 
 def equivariance_loss(keypoints_of_rotated: torch.Tensor, keypoints: torch.Tensor,
-                      angles: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+                      angles: torch.Tensor, shifts: torch.Tensor | None = None,
+                      normalise: bool = False, eps: float = 1e-4) -> torch.Tensor:
     """Rotation equivariance of a keypoint detector (not in AutoLink; an option of ours, see
     ``AutoLinkConfig.equivariance_weight``): the mean over images and keypoints of the squared
     distance between the keypoints found on the rotated image, ``keypoints_of_rotated``
     [B, K, 2], and the original keypoints rotated, ``R(angles) keypoints`` ([B, K, 2] and [B]
     radians; normalised units, :mod:`kpray.ops.transforms`), then shifted by ``shifts`` [B, 2]
-    when given. 0 for an equivariant detector."""
-    return (keypoints_of_rotated - rotate_points(keypoints, angles, shifts)).pow(2).sum(-1).mean()
+    when given. 0 for an equivariant detector.
+
+    ``normalise``: divide by the keypoints' spread, the mean over images and keypoints of the
+    squared distance to their image's keypoint mean (+ ``eps``), so that shrinking every keypoint
+    towards the image centre no longer lowers the loss (without shifts it is then invariant to
+    that scaling)."""
+    err = (keypoints_of_rotated - rotate_points(keypoints, angles, shifts)).pow(2).sum(-1).mean()
+    if not normalise:
+        return err
+    spread = (keypoints - keypoints.mean(1, keepdim=True)).pow(2).sum(-1).mean()
+    return err / (spread + eps)

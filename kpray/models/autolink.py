@@ -84,6 +84,8 @@ class AutoLinkConfig:
     equivariance_max_shift: float = 0.0    # and shifted by up to this in x and y (normalised
     #                                        units, 2 = the image side): a shift has no fixed
     #                                        point, so keypoints at the centre no longer satisfy it
+    equivariance_normalise: bool = False   # divide by the keypoints' spread (collapse no longer
+    #                                        pays; kpray.losses.autolink.equivariance_loss)
     equivariance_ramp_steps: int = 0       # weight rises linearly from 0 over these steps, so
     #                                        that reconstruction spreads the keypoints first
     #                                        (from step 0 the term pulls them to the centre)
@@ -426,7 +428,7 @@ class AutoLink(nn.Module):
         if c.equivariance_max_shift > 0:
             shifts = (torch.rand(b, 2, device=images.device) * 2 - 1) * c.equivariance_max_shift
         rotated, _ = self.detect(rotate_images(images, angles, shifts=shifts))
-        return equivariance_loss(rotated, keypoints, angles, shifts)
+        return equivariance_loss(rotated, keypoints, angles, shifts, normalise=c.equivariance_normalise)
 
     def training_step(self, images: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict]:
         return self(images, step=step)
