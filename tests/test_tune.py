@@ -187,9 +187,20 @@ def test_same_name_with_another_space_is_refused(shards, finished_search):
 
 
 def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket is held until all are bound (one at a time, the OS
+    may hand the same port out twice, and `ray start` refuses two components on one port)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _wait_for_dashboard(port: int, head, timeout_s: float) -> None:
@@ -212,7 +223,10 @@ def _wait_for_dashboard(port: int, head, timeout_s: float) -> None:
 def test_ray_job_submit_to_a_head(shards, tmp_path):
     """`ray start --head` on local ports with its own temp folder, `ray job submit` a tiny search,
     then stop that head only (a machine-wide `ray stop` would end this session's Ray too)."""
-    port, dash = _free_port(), _free_port()
+    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
+             "object-manager-port")
+    port, dash, *others = _free_ports(2 + len(names))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a private loopback head
     env.pop("RAY_ADDRESS", None)
     # Short: Ray's unix sockets live under it, and socket paths are limited to 107 bytes.
@@ -220,9 +234,7 @@ def test_ray_job_submit_to_a_head(shards, tmp_path):
     log = open(tmp_path / "head.log", "w")
     # Every port of its own: the defaults (e.g. the dashboard agent's 52365) are held by this
     # session's Ray, and a clash leaves the head without a job agent.
-    ports = [f"--{name}={_free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    ports = [f"--{name}={p}" for name, p in zip(names, others)]
     head = subprocess.Popen(["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
                              *ports, f"--temp-dir={temp}", "--num-cpus=2", "--block"], env=env,
                             start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
@@ -243,7 +255,10 @@ def test_ray_job_submit_to_a_head(shards, tmp_path):
         rows = _rows(os.path.join(storage, "job", "results.csv"))
         assert len(rows) == 1 and rows[0]["status"] == "TERMINATED"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            os.killpg(head.pid, signal.SIGTERM)
+        except ProcessLookupError:                       # the head had already exited
+            pass
         time.sleep(3)
         try:
             os.killpg(head.pid, signal.SIGKILL)  # gcs/raylet can outlive the TERM
