@@ -38,6 +38,7 @@ def main(argv=None) -> int:
 
     from autolink_supervised import load_body_data, score_keypoints
 
+    from kpray.autolink_report import gt_limbs, top_edges
     from kpray.models.autolink import AutoLink, AutoLinkConfig
     from kpray.ops.coords import to_pixels
 
@@ -77,12 +78,11 @@ def main(argv=None) -> int:
             return np.concatenate([to_pixels(model.detect(batch(e["frames"]))[0], size).numpy()
                                    for e in eps]).astype(np.float64)
 
-    block = score_keypoints(predict, train, test, a.fit_episodes, names, size)
-    w = model.edge_weights().detach()
-    iu = torch.triu_indices(j, j, 1)
-    e = int(adj.triu(1).sum())
-    top = w[iu[0], iu[1]].argsort(descending=True)[:e]
-    hits = sum(bool(adj[iu[0][t], iu[1][t]]) for t in top)
+    block = score_keypoints(predict(train[:a.fit_episodes]), predict(test), train[:a.fit_episodes],
+                            test, names, size)
+    links = set(gt_limbs(adj.numpy()))
+    e = len(links)
+    hits = sum((i, k) in links for i, k, _ in top_edges(model.edge_weights().detach().numpy(), e))
     print(f"graph {a.graph}, K = J = {j}, {a.steps} steps: keypoint regression {block['protocol']} "
           f"{block['error']:.3f}, plain {block['plain_error']:.3f}, spread ratio "
           f"{block['spread_ratio']:.2f}; {hits} of the graph's {e} strongest edges are true links")

@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON results file")
     args = ap.parse_args(argv)
 
+    from kpray.autolink_report import gt_limbs, top_edges
     from kpray.models.autolink import AutoLink, AutoLinkConfig
     from kpray.ops.coords import to_normalised
     from kpray.ops.edge_map import edge_map
@@ -124,11 +125,10 @@ def main(argv=None) -> int:
         print(f"{name:15s} test loss {test_loss:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
         if learned:
             w = model.edge_weights().detach()
-            e = int(adj.triu(1).sum())
-            iu = torch.triu_indices(len(w), len(w), 1)
-            order = w[iu[0], iu[1]].argsort(descending=True)[:e]
-            top = [(int(iu[0][o]), int(iu[1][o]), float(w[iu[0][o], iu[1][o]])) for o in order]
-            hits = sum(bool(adj[a, b]) for a, b, _ in top)
+            links = set(gt_limbs(adj.numpy()))
+            e = len(links)
+            top = top_edges(w.numpy(), e)
+            hits = sum((a, b) in links for a, b, _ in top)
             chance = e / (len(w) * (len(w) - 1) / 2)
             graphs[name] = {"top_edges": top, "true_links_in_top": hits, "links": e,
                             "chance": chance}

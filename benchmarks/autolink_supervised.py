@@ -47,15 +47,14 @@ def load_body_data(data: str, train_episodes: int, seed: int):
             np.random.default_rng(seed))
 
 
-def score_keypoints(predict, train, test, fit_episodes: int, names, size: int) -> dict:
-    """``kpray.evaluation.regression_block`` of ``predict(episodes) -> [N, K, 2]`` pixels, fitted
-    on the first ``fit_episodes`` train episodes and scored on every test episode."""
+def score_keypoints(fit_kp, test_kp, fit, test, names, size: int) -> dict:
+    """``kpray.evaluation.regression_block`` of keypoints ``[N, K, 2]`` pixels predicted on the
+    episodes ``fit`` (the regression is fitted there) and ``test`` (scored there)."""
     from kpray.evaluation import regression_block
 
-    fit = train[:fit_episodes]
-    return regression_block(predict(fit), np.concatenate([e["joints"] for e in fit]),
-                            predict(test), np.concatenate([e["joints"] for e in test]),
-                            image_size=size, joint_names=names)
+    return regression_block(fit_kp, np.concatenate([e["joints"] for e in fit]), test_kp,
+                            np.concatenate([e["joints"] for e in test]), image_size=size,
+                            joint_names=names)
 
 
 def main(argv=None) -> int:
@@ -105,9 +104,11 @@ def main(argv=None) -> int:
             return np.concatenate([to_pixels(soft_argmax(det(to_input(e["frames"]))), size).numpy()
                                    for e in eps]).astype(np.float64)
 
-    block = score_keypoints(predict, train, test, a.fit_episodes, names, size)
+    kte = predict(test)
+    block = score_keypoints(predict(train[:a.fit_episodes]), kte, train[:a.fit_episodes], test,
+                            names, size)
     gte = np.concatenate([e["joints"] for e in test]).astype(np.float64)
-    direct = swap_min_l2(torch.from_numpy(predict(test)), torch.from_numpy(gte), swap).sqrt().mean().item()
+    direct = swap_min_l2(torch.from_numpy(kte), torch.from_numpy(gte), swap).sqrt().mean().item()
     print(f"supervised detector (width {a.width}, heatmap {a.heatmap_size}, {size} px, {a.steps} "
           f"steps, {len(train)} train episodes): keypoint regression {block['protocol']} "
           f"{block['error']:.3f}, plain {block['plain_error']:.3f}; direct error (RMS over "
