@@ -7,6 +7,10 @@
   model's points; the candidates are the trained model's own thresholded link matrices of all
   test videos, and the one with the highest mean Bcc is kept. A model whose links do not depend
   on the image scores exactly this; beating it means the skeleton follows the image;
+- the oracle choice from the trained points: per video, the points that a Hungarian matching
+  (mean distance over the video) assigns to true joints within eps, linked as their true joints
+  are. It is not a model: it is the best psi could do on these points, so it bounds what a
+  better skeleton predictor alone can reach (pi's points must improve to go beyond it);
 - the paper's numbers for the dataset (Tables I and II).
 
 Also the image dependence: Spearman's rank correlation, over videos, between the predicted and
@@ -31,10 +35,33 @@ KEYS = (("joint_f1", "joint F1", True), ("dist", "joint distance", False),
 
 def _video_record(ep, points_px, links_pp, eps: float) -> dict:
     """Metrics of one video from points [T, P, 2] pixels and link probabilities [P, P]."""
-    from kpray.evaluation import evaluate_video
     from kpray.metrics import select_skeleton
 
-    joints, adj = select_skeleton(points_px, links_pp)
+    return _joints_record(ep, *select_skeleton(points_px, links_pp), eps)
+
+
+def oracle_choice(ep, points_px, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """The best joints psi could pick among the points: (joints [T, K, 2] pixels, adj [K, K]).
+
+    points_px [T, P, 2]; the points matched to true joints by a Hungarian matching on the mean
+    distance over the video (``video_matching``, normalised units), kept where that mean is
+    <= eps, and linked as the true joints they match."""
+    from kpray.metrics import normalise_pixels, pairwise_distances, video_matching
+
+    points_px, gt = np.asarray(points_px, np.float64), np.asarray(ep["joints"], np.float64)
+    size = np.asarray(ep["frames"]).shape[1]
+    d = pairwise_distances(normalise_pixels(points_px, size), normalise_pixels(gt, size))
+    rows, cols = video_matching(None, None, d)
+    ok = d[:, rows, cols].mean(axis=0) <= eps
+    rows, cols = rows[ok], cols[ok]
+    adj = np.asarray(ep["adjacency"], bool)[np.ix_(cols, cols)]
+    return points_px[:, rows], adj
+
+
+def _joints_record(ep, joints, adj, eps: float) -> dict:
+    """Metrics of one video from joints [T, K, 2] pixels and adjacency [K, K]."""
+    from kpray.evaluation import evaluate_video
+
     r = evaluate_video(ep, joints, adj, eps)
     return {"joint_f1": r["joints"]["f1"], "dist": r["joints"]["dist"], "diff": r["joints"]["diff"],
             "consistency": r["joints"]["consistency"], "bcc": r["structure"]["bcc"],
@@ -119,6 +146,8 @@ def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = 
         if bcc > best_bcc:
             best, best_bcc = recs, bcc
     records["best constant skeleton"] = best
+    records["oracle choice of points"] = [_joints_record(ep, *oracle_choice(ep, pts, eps), eps)
+                                          for ep, (pts, _) in zip(episodes, preds["trained"])]
 
     from kpray.losses.skeleton import preset_for_dataset
 

@@ -40,6 +40,26 @@ def test_points_on_mask_hand_case():
     assert points_on_mask(pts, masks, dilate=0) == pytest.approx(0.25)
 
 
+def test_oracle_choice_keeps_the_points_on_true_joints():
+    from kpray.skeleton_report import oracle_choice
+
+    # 64x64 frames, eps 0.15 normalised = 4.8 px; true chain 0-1-2
+    gt = np.array([[[10, 10], [30, 10], [30, 40]], [[12, 10], [32, 12], [30, 44]]], np.float64)
+    adj = np.zeros((3, 3), bool)
+    adj[0, 1] = adj[1, 0] = adj[1, 2] = adj[2, 1] = True
+    ep = {"frames": np.zeros((2, 64, 64, 3), np.uint8), "joints": gt, "adjacency": adj}
+    pts = np.stack([gt[:, 2] + [1, 0],            # near joint 2
+                    gt[:, 0] + [0, 2],            # near joint 0
+                    gt[:, 1] + [12, 0],           # 12 px from joint 1: too far
+                    np.full((2, 2), 60.0)], 1)    # a distractor
+    joints, sub = oracle_choice(ep, pts, 0.15)
+    assert joints.shape == (2, 2, 2)
+    assert np.allclose(joints, pts[:, :2])        # in point order: points 0 and 1
+    assert not sub.any()                          # joints 0 and 2 are not linked to each other
+    joints, sub = oracle_choice(ep, pts, 0.5)     # 12 px is within 16 px: joint 1 kept too
+    assert joints.shape[1] == 3 and sub.sum() == 4
+
+
 def test_spearman_is_nan_for_a_constant_side():
     from kpray.metrics import spearman
 
@@ -131,7 +151,8 @@ def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
     out = root / "cmp"
     assert job.main(["--checkpoint", str(root / "run"), "--data", str(shards), "--out", str(out)]) == 0
     c = json.loads((out / "comparison.json").read_text())
-    assert set(c["rows"]) == {"trained", "untrained", "best constant skeleton"}
+    assert set(c["rows"]) == {"trained", "untrained", "best constant skeleton",
+                              "oracle choice of points"}
     assert c["paper"]["joint_f1"] == 0.84 and c["videos"] == 3            # cartpoles row
     # one skeleton for every video: the same joint count whatever the body
     const = c["bodies"]["best constant skeleton"]
