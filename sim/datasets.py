@@ -9,6 +9,10 @@ Accepted names (``DATASET_NAMES`` lists the base names; fixed-topology names tak
 - ``mwhc``          walker, hopper, cheetah, manipulator, all in zero gravity
 - ``spider:K`` (K in 1..12), ``cartpole:K`` (1..8), ``swimmer:K`` (2..12), ``walker``, ``hopper``,
   ``cheetah``, ``manipulator``: one fixed body (the latter four in zero gravity, as in ``mwhc``).
+- ``walker-parts``, ``hopper-parts``, ``cheetah-parts``, ``manipulator-parts``: the same body with
+  each part type (MuJoCo body: torso, thigh, leg, foot, ...) its own fixed colour, left and right
+  twins alike, where the plain body is one random colour. A diagnostic: does a keypoint model
+  learn when appearance tells parts apart, as it does for people?
 
 ``parse_dataset(name).sample_body(rng, split)`` draws a ``BodySpec`` uniformly from the split's bodies.
 """
@@ -34,10 +38,11 @@ class BodySpec:
 
     kind: str
     n: int | None = None
+    parts: bool = False             # every part its own colour (fixed bodies only)
 
     @property
     def name(self) -> str:
-        return self.kind if self.n is None else f"{self.kind}:{self.n}"
+        return (self.kind if self.n is None else f"{self.kind}:{self.n}") + ("-parts" if self.parts else "")
 
     def count_meta(self) -> dict:
         """``{"n_legs": K}`` / ``{"n_poles": K}`` / ``{"n_links": K}``, or ``{}``."""
@@ -94,6 +99,8 @@ def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
         return _same(key, (BodySpec(k) for k in ("walker", "hopper", "cheetah", "manipulator")))
     if key in _FIXED:
         return _same(key, (BodySpec(key),))
+    if key.endswith("-parts") and key[:-len("-parts")] in _FIXED:
+        return _same(key, (BodySpec(key[:-len("-parts")], parts=True),))
     kind, sep, count = key.partition(":")
     if sep and kind in _COUNTED and count.isdigit():
         k = int(count)

@@ -148,7 +148,8 @@ def test_dataset_spec_accepts_str_or_spec():
 
 
 @pytest.mark.parametrize("bad", ["nope", "", "spider", "spider:0", "spider:x", "walker:3",
-                                 "cartpole:9", "swimmer:1", "spiders:3"])
+                                 "cartpole:9", "swimmer:1", "spiders:3", "spider:3-parts",
+                                 "mwhc-parts", "walker-part"])
 def test_unknown_dataset_raises(bad):
     with pytest.raises(ValueError, match="unknown dataset"):
         parse_dataset(bad)
@@ -167,6 +168,27 @@ def test_dataset_names_and_bodies():
     assert draws["mwhc"] == {"walker", "hopper", "cheetah", "manipulator"}
     with pytest.raises(ValueError):
         render_episode("spiders", "val", seed=0, index=0, frames=2, size=32)
+
+
+def test_part_colours_give_every_part_its_own_colour():
+    from sim.bodies import build_body
+
+    spec = parse_dataset("walker-parts").train[0]
+    assert spec.name == "walker-parts" and spec.kind == "walker" and spec.parts
+
+    def colours(name):
+        body = build_body(parse_dataset(name).train[0], np.random.default_rng(3))
+        m = body.model
+        per_body = [m.geom_rgba[m.geom_bodyid == b][0, :3] for b in body.object_bodies]
+        d = np.linalg.norm(np.array(per_body)[:, None] - np.array(per_body)[None], axis=-1)
+        return len(per_body), d[np.triu_indices(len(per_body), 1)]
+
+    n, d = colours("walker-parts")
+    assert n == 7 and d.min() < 0.2 and np.sort(d)[3] > 0.3   # 3 left/right twins alike, the rest apart
+    n, d = colours("walker")
+    assert n == 7 and d.max() < 0.3               # one colour, varied by at most 0.08 per channel
+    ep = render_episode("walker-parts", "test", seed=0, index=0, frames=2, size=32)
+    assert ep["meta"]["body"] == "walker-parts" and np.asarray(ep["joints"]).shape[1] == 8
 
 
 def test_spiders0shot_splits():

@@ -10,13 +10,10 @@ from sim.bodies import cartpole, mwhc, spider, swimmer
 from sim.bodies.base import Body, Skeleton
 
 _BUILDERS = {
-    "spider": lambda n, rng, q: spider.build(n, rng, q),
-    "cartpole": lambda n, rng, q: cartpole.build(n, rng, q),
-    "swimmer": lambda n, rng, q: swimmer.build(n, rng, q),
-    "walker": lambda n, rng, q: mwhc.build("walker", rng, q),
-    "hopper": lambda n, rng, q: mwhc.build("hopper", rng, q),
-    "cheetah": lambda n, rng, q: mwhc.build("cheetah", rng, q),
-    "manipulator": lambda n, rng, q: mwhc.build("manipulator", rng, q),
+    "spider": lambda s, rng, q: spider.build(s.n, rng, q),
+    "cartpole": lambda s, rng, q: cartpole.build(s.n, rng, q),
+    "swimmer": lambda s, rng, q: swimmer.build(s.n, rng, q),
+    **{k: (lambda s, rng, q, k=k: mwhc.build(k, rng, q, parts=s.parts)) for k in mwhc.KINDS},
 }
 
 
@@ -32,7 +29,7 @@ def n_joints(kind: str, n: int | None = None) -> int:
 def build_body(spec, rng: np.random.Generator, quality: str = "fast") -> Body:
     """The body of ``spec`` (a ``BodySpec``), its random sizes and colours drawn from ``rng``.
     ``quality`` only swaps assets that "fast" never draws; the scene is the same."""
-    return _BUILDERS[spec.kind](spec.n, rng, quality)
+    return _BUILDERS[spec.kind](spec, rng, quality)
 
 
 __all__ = ["Body", "Skeleton", "build_body", "n_joints"]

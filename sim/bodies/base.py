@@ -8,6 +8,7 @@ the anchor is ``jnt_pos`` in the joint's body, which equals ``data.xanchor``.
 from __future__ import annotations
 
 import colorsys
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -156,6 +157,18 @@ def subtree(model: mujoco.MjModel, root: int) -> np.ndarray:
 def random_rgb(rng: np.random.Generator) -> tuple[float, float, float]:
     """A saturated, bright colour (so the object stands out from the dark blue floor)."""
     return colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.45, 1.0), rng.uniform(0.65, 1.0))
+
+
+def part_rgbs(rng: np.random.Generator, names) -> list[tuple[float, float, float]]:
+    """One colour per part name, the same in every episode: hues evenly spaced over the part
+    types in sorted order, a left part coloured as its right twin (``left_thigh`` as
+    ``right_thigh``: as people's two legs look alike), saturation and value jittered a little
+    per part. Appearance then tells part types apart, as it does for people (head, shirt,
+    trousers), which a one-coloured body does not."""
+    types = [re.sub(r"^(left|right)_", "", str(n)) for n in names]
+    order = sorted(set(types))
+    return [colorsys.hsv_to_rgb(order.index(t) / len(order), rng.uniform(0.75, 0.95),
+                                rng.uniform(0.8, 0.95)) for t in types]
 
 
 def paint(model: mujoco.MjModel, bodies, rgb) -> None:

@@ -26,8 +26,8 @@ from dm_control.suite import common
 from lxml import etree
 
 from sim.bodies.base import (Body, CameraPrefs, Skeleton, bid, capsule_end, joint_anchor,
-                             joint_attached, paint, random_rgb, randomise_hinges, subtree,
-                             suite_assets)
+                             joint_attached, paint, part_rgbs, random_rgb, randomise_hinges,
+                             subtree, suite_assets)
 
 KINDS = ("walker", "hopper", "cheetah", "manipulator")
 LIFT = 3.0  # metres above the floor at the start
@@ -121,16 +121,22 @@ def skeleton(model: mujoco.MjModel, kind: str) -> Skeleton:
                     [(index[a], index[b]) for a, b in edges])
 
 
-def build(kind: str, rng: np.random.Generator, quality: str = "fast") -> Body:
+def build(kind: str, rng: np.random.Generator, quality: str = "fast", parts: bool = False) -> Body:
+    """The body of ``kind``: one random colour, slightly varied per part, or with ``parts`` a fixed
+    colour per part type (``part_rgbs``: left and right twins alike)."""
     xml, assets = make_model(kind, quality)
     model = mujoco.MjModel.from_xml_string(xml.decode(), assets)
     root = bid(model, _ROOT[kind])
     bodies = subtree(model, root)
     if kind == "manipulator":  # the pinch-site body has no geoms; keep only bodies with geoms
         bodies = np.array([b for b in bodies if model.body_geomnum[b] > 0])
-    rgb = np.asarray(random_rgb(rng))
-    for b in bodies:
-        paint(model, [b], np.clip(rgb + rng.uniform(-0.08, 0.08, 3), 0, 1))
+    if parts:
+        for b, rgb in zip(bodies, part_rgbs(rng, [model.body(b).name for b in bodies])):
+            paint(model, [b], rgb)
+    else:
+        rgb = np.asarray(random_rgb(rng))
+        for b in bodies:
+            paint(model, [b], np.clip(rgb + rng.uniform(-0.08, 0.08, 3), 0, 1))
     planar = kind != "manipulator"
     roots = ("rootx", "rootz", "rooty") if planar else ()
 
