@@ -171,6 +171,44 @@ def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
     assert not (root / "bad").exists()
 
 
+def test_probe_trains_psi_alone_on_frozen_points(tiny_checkpoint, tmp_path):
+    import importlib.util
+    import pathlib
+    import shutil
+
+    from kpray.train.predict import load_checkpoint
+
+    root, shards, _ = tiny_checkpoint
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-000000.tar", "test-000000.tar"):
+        shutil.copy(shards / "test-000000.tar", data / name)
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "skeleton_probe.py"
+    spec = importlib.util.spec_from_file_location("skeleton_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    out = tmp_path / "probe"
+    assert probe.main(["--out", str(out), "--init", str(root / "run"), "--train-only", "psi",
+                       "--log-every", "1", "--", "--data", str(data), "--preset", "cartpoles",
+                       "--steps", "3", "--batch-size", "2", "--points", "6", "--set", "pi_width=8",
+                       "--set", "psi_width=8", "--set", "background_width=8"]) == 0
+    from kpray.train.loop import seed_everything
+    from kpray.train.models import get_adapter
+
+    before = load_checkpoint(str(root / "run"))[0]["model"]
+    state, cfg = load_checkpoint(str(out))
+    after = state["model"]
+    assert state["step"] == 3
+    frozen = [k for k in before if not k.startswith("psi.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)   # pi and B, BN stats too
+    seed_everything(cfg.seed)                 # the probe's fresh psi, before its 3 steps
+    fresh = get_adapter("skeleton").build(cfg).state_dict()
+    assert not torch.equal(fresh["psi.fc.weight"], after["psi.fc.weight"])
+    assert len((out / "terms.jsonl").read_text().splitlines()) == 3
+    c = json.loads((out / "comparison.json").read_text())
+    assert "oracle choice of points" in c["rows"] and c["videos"] == 3
+
+
 def test_literal_flag_applies_the_paper_reading_and_set_overrides(tmp_path):
     from kpray.models.skeleton import PAPER_LITERAL
     from kpray.train.cli import build_parser, config_from_args

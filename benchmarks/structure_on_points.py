@@ -1,0 +1,134 @@
+"""Which skeleton does the structure loss prefer on a trained model's own points? Per test video.
+
+    python benchmarks/structure_on_points.py CHECKPOINT DATA [--solver fit|greedy] \
+        [--setting '{"sparse_p": 1.0, "weights": {"sparse_joints": 10}}' ...]
+
+For each test video, pi's points on two frames (the video's seeded link frame and the frame half
+the video later) are fixed, and the link matrix that minimises the weighted structure terms
+(near, sparse links and joints, uniform, length) on them is found without psi:
+
+- ``fit``: free link logits per video, Adam from S = 0.5 (``fit_links_per_sample``, what
+  ``psi_target="fit"`` trains psi towards);
+- ``greedy``: from no links, toggle the one link that lowers the loss most, until none does
+  (slow: a few minutes for 30 videos at P = 16, but it finds lower losses than the Adam fit).
+
+The minimisers are scored as the model's skeletons are (``kpray.skeleton_report``: joint and
+structure metrics, Spearman of predicted against true joint counts, joints per body). Each
+``--setting`` is a JSON object of ``SkeletonConfig`` fields (``weights`` merged onto the
+checkpoint's) applied on top of the checkpoint's settings. A loss whose own optimum does not
+follow the body cannot teach psi to.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from kpray.data import iter_episodes  # noqa: E402
+from kpray.losses.skeleton import LossWeights, effective_weights  # noqa: E402
+from kpray.metrics import link_frame, spearman  # noqa: E402
+from kpray.models import skeleton as S  # noqa: E402
+from kpray.ops.coords import expected_location  # noqa: E402
+from kpray.skeleton_report import _mean, _video_record  # noqa: E402
+from kpray.train.data import to_device  # noqa: E402
+from kpray.train.predict import load_model  # noqa: E402
+
+
+def frame_pairs(model, adapter, episodes):
+    """(location maps [V, P, H, W] and points [V, P, 2] of the link frame and of the frame half
+    a video later, per video; every frame's arg-max points [T, P, 2] pixels, per video)."""
+    src, tgt, tracks = [], [], []
+    for ep in episodes:
+        frames = np.asarray(ep["frames"])
+        t = len(frames)
+        f = link_frame(0, int(ep.get("meta", {}).get("index", 0)), t)
+        x = to_device({"x": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)},
+                      torch.device("cpu"), model.config.image_size)["x"]
+        src.append(x[f])
+        tgt.append(x[(f + t // 2) % t])
+        tracks.append(adapter.predict(model, frames)["points"])
+    with torch.no_grad():
+        logits = model.pi(torch.cat([torch.stack(src), torch.stack(tgt)]))
+        maps = S.gumbel_location_maps(logits, model.config.gumbel_tau_end, noise=False)
+    sm, tm = maps.chunk(2)
+    return (sm, tm, expected_location(sm), expected_location(tm)), tracks
+
+
+def greedy_links(c, sm, tm, sp, tp) -> torch.Tensor:
+    """[V, P, P] 0/1 links: per video, toggle the link that lowers the weighted structure loss
+    most until none does."""
+    w = effective_weights(c.loss_weights(), 10 ** 9, 0)
+    v, p = sp.shape[:2]
+    iu = torch.triu_indices(p, p, 1)
+    out = []
+    for k in range(v):
+        one = [a[k:k + 1] for a in (sm, tm, sp, tp)]
+        cov = S.link_coverages(c, *one)
+
+        def losses(cands):                          # [N, P, P] -> [N], one video's loss each
+            return torch.stack([sum(w[n] * t for n, t in S.structure_terms(
+                c, s[None], *one, coverage=cov).items()) for s in cands])
+
+        cur = torch.zeros(p, p)
+        best = float(losses(cur[None])[0])
+        while True:
+            cands = cur.expand(iu.shape[1], p, p).clone()
+            e = torch.arange(iu.shape[1])
+            cands[e, iu[0], iu[1]] = 1 - cands[e, iu[0], iu[1]]
+            cands[e, iu[1], iu[0]] = cands[e, iu[0], iu[1]]
+            vals = losses(cands)
+            i = int(vals.argmin())
+            if float(vals[i]) >= best - 1e-6:
+                break
+            best, cur = float(vals[i]), cands[i]
+        out.append(cur)
+    return torch.stack(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="skeleton run folder or checkpoint_* folder")
+    ap.add_argument("data", help="shard folder with test-*.tar")
+    ap.add_argument("--solver", choices=("fit", "greedy"), default="fit")
+    ap.add_argument("--fit-steps", type=int, default=200)
+    ap.add_argument("--setting", action="append", default=None, metavar="JSON",
+                    help="SkeletonConfig fields to apply (repeatable: one row each)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, adapter, _, _ = load_model(args.checkpoint)
+    episodes = list(iter_episodes(args.data, split="test"))
+    (sm, tm, sp, tp), tracks = frame_pairs(model, adapter, episodes)
+    print(f"{len(episodes)} test videos, solver {args.solver}")
+    print("| setting | joint F1 | dist | count diff | struct F1 | Bcc | joints per body | Spearman |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for text in args.setting or ["{}"]:
+        spec = json.loads(text)
+        weights = {**model.config.loss_weights().as_dict(), **spec.pop("weights", {})}
+        c = dataclasses.replace(model.config, weights=LossWeights(**weights), **spec)
+        if args.solver == "fit":
+            links = S.fit_links_per_sample(c, sm, tm, sp, tp, None, args.fit_steps, c.psi_fit_lr)
+        else:
+            links = greedy_links(c, sm, tm, sp, tp)
+        recs = [_video_record(ep, pts, links[k].numpy(), 0.15)
+                for k, (ep, pts) in enumerate(zip(episodes, tracks))]
+        r = _mean(recs)
+        rho = spearman([x["joints"] for x in recs], [x["true_joints"] for x in recs])
+        bodies = {}
+        for x in recs:
+            bodies.setdefault(x["body"], []).append(x["joints"])
+        per_body = ", ".join(f"{np.mean(v):.1f}" for _, v in sorted(bodies.items()))
+        print(f"| `{text}` | {r['joint_f1']:.3f} | {r['dist']:.3f} | {r['diff']:.2f} | "
+              f"{r['struct_f1']:.3f} | {r['bcc']:.3f} | {per_body} | {rho:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
