@@ -67,10 +67,11 @@ _FAMILY = {"spider": "spiders", "cartpole": "cartpoles", "swimmer": "swimmers", 
 
 
 def paper_epsilon(dataset: str | None) -> float | None:
-    """The paper's threshold for ``dataset`` or for its body family (ours); None if neither."""
+    """The paper's threshold for ``dataset`` or for its body family (ours; ``walker-parts`` is
+    a walker); None if neither."""
     if dataset in PAPER_EPSILON:
         return PAPER_EPSILON[dataset]
-    family = _FAMILY.get(str(dataset).split(":")[0])
+    family = _FAMILY.get(str(dataset).split(":")[0].removesuffix("-parts"))
     return PAPER_EPSILON[family] if family else None
 
 # Row order and labels of the paper's tables.

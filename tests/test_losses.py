@@ -125,6 +125,8 @@ def test_presets_and_ramp():
     terms = {k: torch.tensor(1.0) for k in w}
     assert torch.isclose(L.total_loss(terms, L.PRESETS["cartpoles"], step=10_000),
                          torch.tensor(sum(L.PRESETS["cartpoles"].as_dict().values())))
+    assert L.preset_for_dataset("cartpole:3") == "cartpoles" and L.preset_for_dataset("mwhc") == "mwhc"
+    assert L.preset_for_dataset("walker-parts") == "mwhc" and L.preset_for_dataset("nope") is None
 
 
 # ---------------------------------------------------------------- AutoLink perceptual loss

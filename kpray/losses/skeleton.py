@@ -267,7 +267,7 @@ def preset_for_dataset(name: str) -> str | None:
     key = str(name).strip().lower()
     if key in PRESETS:
         return key
-    return _DATASET_PRESETS.get(key.partition(":")[0])
+    return _DATASET_PRESETS.get(key.partition(":")[0].removesuffix("-parts"))
 
 
 # The paper ramps these linearly from 0 over the first 10k iterations.
