@@ -66,12 +66,26 @@ _FAMILY = {"spider": "spiders", "cartpole": "cartpoles", "swimmer": "swimmers", 
            "hopper": "mwhc", "cheetah": "mwhc", "manipulator": "mwhc"}
 
 
+# Rendering variants (``sim.datasets``: part colours, background removed) keep their bodies' scores.
+_VARIANT_SUFFIXES = ("-nobg", "-parts")
+
+
+def base_dataset(name: str | None) -> str:
+    """``walker-parts-nobg`` -> ``walker``, ``cartpoles-nobg`` -> ``cartpoles``: the dataset whose
+    bodies a rendering variant shows (lower case; other names unchanged)."""
+    key = str(name).strip().lower()
+    for suffix in _VARIANT_SUFFIXES:
+        key = key.removesuffix(suffix)
+    return key
+
+
 def paper_epsilon(dataset: str | None) -> float | None:
     """The paper's threshold for ``dataset`` or for its body family (ours; ``walker-parts`` is
-    a walker); None if neither."""
-    if dataset in PAPER_EPSILON:
-        return PAPER_EPSILON[dataset]
-    family = _FAMILY.get(str(dataset).split(":")[0].removesuffix("-parts"))
+    a walker, ``cartpoles-nobg`` Cartpoles); None if neither."""
+    key = base_dataset(dataset)
+    if key in PAPER_EPSILON:
+        return PAPER_EPSILON[key]
+    family = _FAMILY.get(key.split(":")[0])
     return PAPER_EPSILON[family] if family else None
 
 # Row order and labels of the paper's tables.

@@ -13,6 +13,10 @@ Accepted names (``DATASET_NAMES`` lists the base names; fixed-topology names tak
   each part type (MuJoCo body: torso, thigh, leg, foot, ...) its own fixed colour, left and right
   twins alike, where the plain body is one random colour. A diagnostic: does a keypoint model
   learn when appearance tells parts apart, as it does for people?
+- any of the above with ``-nobg`` (``walker-parts-nobg``, ``cartpoles-nobg``, ...): the same
+  episodes' bodies with the background removed, every pixel off the object mask black (floor,
+  horizon, rails). AutoLink's main Human3.6M numbers are on background-removed images (its
+  section 4, "We remove the background as in [126, 66]"); this is that protocol for our data.
 
 ``parse_dataset(name).sample_body(rng, split)`` draws a ``BodySpec`` uniformly from the split's bodies.
 """
@@ -25,6 +29,7 @@ import numpy as np
 DATASET_NAMES = ("spiders", "spiders0shot", "cartpoles", "swimmers", "mwhc",
                  "spider", "cartpole", "swimmer", "walker", "hopper", "cheetah", "manipulator")
 SPLITS = ("train", "test")
+NO_BACKGROUND = "-nobg"  # suffix: the same dataset with the background removed
 
 # Body kinds that take a count K, with the count's name in `meta` and its accepted range.
 _COUNTED = {"spider": ("n_legs", 1, 12), "cartpole": ("n_poles", 1, 8), "swimmer": ("n_links", 2, 12)}
@@ -56,6 +61,7 @@ class DatasetSpec:
     name: str
     train: tuple[BodySpec, ...]
     test: tuple[BodySpec, ...]
+    background: bool = True         # False: pixels off the object mask are rendered black
 
     def bodies(self, split: str) -> tuple[BodySpec, ...]:
         if split not in SPLITS:
@@ -69,7 +75,7 @@ class DatasetSpec:
 
     def to_json(self) -> dict:
         return {"name": self.name, "train": [b.name for b in self.train],
-                "test": [b.name for b in self.test]}
+                "test": [b.name for b in self.test], "background": self.background}
 
 
 def _same(name: str, bodies) -> DatasetSpec:
@@ -82,10 +88,19 @@ def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
     if isinstance(name, DatasetSpec):
         return name
     err = ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASET_NAMES)} "
-                     f"(spider/cartpole/swimmer take ':K', e.g. 'spider:5')")
+                     f"(spider/cartpole/swimmer take ':K', e.g. 'spider:5'; "
+                     f"walker/hopper/cheetah/manipulator take '-parts'; any takes '-nobg')")
     if not isinstance(name, str):
         raise err
     key = name.strip().lower()
+    if key.endswith(NO_BACKGROUND):
+        try:
+            base = parse_dataset(key[:-len(NO_BACKGROUND)])
+        except ValueError:
+            raise err from None
+        if not base.background:
+            raise err
+        return DatasetSpec(base.name + NO_BACKGROUND, base.train, base.test, background=False)
     if key == "spiders":
         return _same(key, (BodySpec("spider", k) for k in range(3, 9)))
     if key == "spiders0shot":

@@ -10,7 +10,8 @@ Rendering: one GL context per process and image size, one ``MjrContext`` per epi
 changes), an ``MjvScene`` and a free ``MjvCamera`` updated per frame. ``quality="fast"`` turns
 shadows, reflections, the skybox and multisampling off and uses coarser meshes for capsules
 (several times faster on a CPU); ``"full"`` keeps
-dm_control's default look. Both keep the floor as background.
+dm_control's default look. Both keep the floor as background, unless the dataset removes it
+(``-nobg``: every pixel off ``masks`` black).
 
 Ground truth:
 - ``masks``: a segmentation render (``mjRND_SEGMENT`` + ``mjRND_IDCOLOR``) of the same scene;
@@ -200,12 +201,14 @@ def render_episode(dataset: str | DatasetSpec, split: str, seed: int, index: int
     # OpenGL reads bottom row first: flip once for the whole episode.
     rgb = np.ascontiguousarray(rgb[:, ::-1])
     masks = np.ascontiguousarray(masks[:, ::-1])
+    if not spec.background:
+        rgb[~masks] = 0
 
     meta = {
         "dataset": spec.name, "split": split, "body": body_spec.name, "kind": body_spec.kind,
         **body_spec.count_meta(), "n_joints": J, "joint_names": list(skel.names),
         "seed": int(seed), "index": int(index), "frames": int(frames), "size": int(size),
-        "quality": quality, "frame_dt": body.frame_dt, "action_repeat": ACTION_REPEAT,
+        "quality": quality, "background": spec.background, "frame_dt": body.frame_dt, "action_repeat": ACTION_REPEAT,
         "camera": {**path.describe(), "fovy_deg": float(model.vis.global_.fovy)},
         "body_params": body.meta, "physics_warnings": warnings,
         "versions": {"mujoco": mujoco.__version__, "dm_control": _version("dm-control")},

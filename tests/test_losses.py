@@ -127,6 +127,8 @@ def test_presets_and_ramp():
                          torch.tensor(sum(L.PRESETS["cartpoles"].as_dict().values())))
     assert L.preset_for_dataset("cartpole:3") == "cartpoles" and L.preset_for_dataset("mwhc") == "mwhc"
     assert L.preset_for_dataset("walker-parts") == "mwhc" and L.preset_for_dataset("nope") is None
+    assert L.preset_for_dataset("cartpoles-nobg") == "cartpoles"
+    assert L.preset_for_dataset("hopper-parts-nobg") == "mwhc"
 
 
 # ---------------------------------------------------------------- AutoLink perceptual loss

@@ -482,5 +482,7 @@ def test_paper_epsilon_covers_single_bodies():
     assert paper_epsilon("cartpoles") == 0.15 and paper_epsilon("cartpole:3") == 0.15
     assert paper_epsilon("walker") == 0.30 and paper_epsilon("spider:5") == 0.20
     assert paper_epsilon("walker-parts") == 0.30 and paper_epsilon("hopper-parts") == 0.30
+    assert paper_epsilon("walker-parts-nobg") == 0.30 and paper_epsilon("cartpoles-nobg") == 0.15
+    assert paper_epsilon("cartpole:3-nobg") == 0.15 and paper_epsilon("nope-nobg") is None
     assert paper_epsilon("swimmer:2") == 0.20 and paper_epsilon("human36m") is None
     assert paper_epsilon(None) is None

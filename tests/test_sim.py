@@ -149,7 +149,8 @@ def test_dataset_spec_accepts_str_or_spec():
 
 @pytest.mark.parametrize("bad", ["nope", "", "spider", "spider:0", "spider:x", "walker:3",
                                  "cartpole:9", "swimmer:1", "spiders:3", "spider:3-parts",
-                                 "mwhc-parts", "walker-part"])
+                                 "mwhc-parts", "walker-part", "walker-nobg-nobg", "nope-nobg",
+                                 "walker-nobg-parts", "-nobg"])
 def test_unknown_dataset_raises(bad):
     with pytest.raises(ValueError, match="unknown dataset"):
         parse_dataset(bad)
@@ -189,6 +190,21 @@ def test_part_colours_give_every_part_its_own_colour():
     assert n == 7 and d.max() < 0.3               # one colour, varied by at most 0.08 per channel
     ep = render_episode("walker-parts", "test", seed=0, index=0, frames=2, size=32)
     assert ep["meta"]["body"] == "walker-parts" and np.asarray(ep["joints"]).shape[1] == 8
+
+
+def test_nobg_removes_the_background_and_nothing_else():
+    spec = parse_dataset("cartpoles-nobg")
+    assert spec.name == "cartpoles-nobg" and not spec.background and parse_dataset("cartpoles").background
+    assert spec.train == parse_dataset("cartpoles").train and spec.to_json()["background"] is False
+    # Same episode drawn (the seed includes the name, so compare against a render of the same name's
+    # bodies): off the mask black, on the mask the plain render's colours.
+    ep = render_episode("walker-parts-nobg", "train", seed=0, index=0, frames=3, size=32)
+    frames, masks = np.asarray(ep["frames"]), np.asarray(ep["masks"])
+    assert ep["meta"]["background"] is False and ep["meta"]["dataset"] == "walker-parts-nobg"
+    assert masks.any() and (~masks).any()
+    assert frames[~masks].max() == 0 and frames[masks].max() > 100
+    plain = render_episode("walker-parts", "train", seed=0, index=0, frames=3, size=32)
+    assert plain["meta"]["background"] is True and np.asarray(plain["frames"])[~plain["masks"]].max() > 0
 
 
 def test_spiders0shot_splits():

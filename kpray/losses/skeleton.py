@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from kpray.metrics import base_dataset
 from kpray.ops.coords import pixel_grid
 from kpray.ops.edge_map import segment_distance2, upper_pairs
 
@@ -264,10 +265,10 @@ _DATASET_PRESETS = {"cartpole": "cartpoles", "spider": "spiders", "swimmer": "sw
 
 def preset_for_dataset(name: str) -> str | None:
     """A dataset name (``cartpoles``, ``cartpole:3``, ``walker``, ...) -> its PRESETS row, or None."""
-    key = str(name).strip().lower()
+    key = base_dataset(name)
     if key in PRESETS:
         return key
-    return _DATASET_PRESETS.get(key.partition(":")[0].removesuffix("-parts"))
+    return _DATASET_PRESETS.get(key.partition(":")[0])
 
 
 # The paper ramps these linearly from 0 over the first 10k iterations.
