@@ -108,6 +108,7 @@ def test_precedence_preset_then_file_then_flags(tmp_path):
     ({"model_config": {"bogus": 1}}, "bogus"),
     ({"model_config": {"weights": {"bogus": 1}}}, "bogus"),
     ({"lr": -1.0}, "--lr"),
+    ({"lr_warmup_steps": -1}, "--lr-warmup-steps"),
     ({"name": "a/b"}, "--name"),
 ])
 def test_bad_configs_are_refused(kw, msg):
@@ -187,5 +188,15 @@ def test_cli_flags_reach_the_config(shards, tmp_path):
     cfg = config_from_args(p.parse_args(["--data", shards, "--no-sync-batchnorm",
                                          "--perceptual-weights", str(weights)]), "autolink")
     assert cfg.sync_batchnorm is False and cfg.model_config["perceptual_weights"] == str(weights)
-    cfg = config_from_args(p.parse_args(["--data", shards, "--loss", "laplacian"]), "autolink")
+    cfg = config_from_args(p.parse_args(["--data", shards, "--loss", "laplacian",
+                                         "--lr-warmup-steps", "250"]), "autolink")
     assert cfg.sync_batchnorm is True and cfg.model_config["loss"] == "laplacian"
+    assert cfg.lr_warmup_steps == 250
+
+
+def test_warmup_lr_by_hand():
+    from kpray.train.loop import warmup_lr
+
+    assert [warmup_lr(1e-3, 4, s) for s in range(6)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert warmup_lr(1e-3, 0, 0) == 1e-3 and warmup_lr(1e-3, 1, 0) == 1e-3

@@ -64,6 +64,12 @@ class TrainConfig:
     seed: int = 0
     # optimiser (None: the model config's value, i.e. the paper's)
     lr: float | None = None
+    lr_warmup_steps: int = 0                # lr rises linearly from lr/N to lr over the first N
+                                            # steps (0: constant, as both papers). Adam takes
+                                            # full-size steps even on the tiny early gradients
+                                            # (AutoLink's edge weights start ~0.02), which can
+                                            # throw the keypoints off the body before the graph
+                                            # carries any signal (docs/benchmarks.md)
     betas: tuple | None = None
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
@@ -233,6 +239,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     need(cfg.buffer_episodes >= 1 and cfg.samples_per_episode >= 1,
          "buffer_episodes and samples_per_episode must be >= 1")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}")
+    need(isinstance(cfg.lr_warmup_steps, int) and cfg.lr_warmup_steps >= 0,
+         f"--lr-warmup-steps must be a whole number >= 0, got {cfg.lr_warmup_steps}")
     need(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
          f"betas must be two numbers in [0, 1), got {cfg.betas}")
     for k in ("clip_grad_norm", "clip_grad_value"):

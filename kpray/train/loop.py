@@ -98,6 +98,15 @@ def _gather(obj, world: int) -> list:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def warmup_lr(lr: float, warmup_steps: int, step: int) -> float:
+    """The learning rate of the update made at ``step`` (0-based): ``lr * (step + 1) / N`` for
+    the first N = ``warmup_steps`` steps, then ``lr`` (N = 0: always ``lr``). A function of the
+    step alone, so a resumed run continues the same schedule."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return lr
+    return lr * (step + 1) / warmup_steps
+
+
 def save_state(path: str, model: nn.Module, optimizer, step: int, rng_states: list,
                cfg: TrainConfig) -> None:
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -249,6 +258,8 @@ def train_func(config: dict) -> None:
         if not math.isfinite(gnorm):            # identical on every rank (DDP-averaged grads)
             error = f"non-finite gradient at step {step}: grad norm = {gnorm}"
             break
+        for g in optimizer.param_groups:
+            g["lr"] = warmup_lr(cfg.lr, cfg.lr_warmup_steps, step)
         optimizer.step()
         step += 1
         if cfg.step_sleep_s:
