@@ -206,6 +206,29 @@ def test_autolink_equivariance_term(alex_random):
             tiny_autolink(alex_random, **bad)
 
 
+def test_autolink_keypoint_delay_holds_only_the_detector(alex_random):
+    """Before keypoint_delay_steps the detector's gradient is exactly zero (and not None: DDP
+    needs every parameter used) while the decoder and the graph learn; from then on it flows."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    model = tiny_autolink(alex_random, keypoint_delay_steps=10)
+
+    def grads(step):
+        model.zero_grad()
+        torch.manual_seed(1)
+        model(images, step=step)[0].backward()
+        return ([p.grad for p in model.detector.parameters()],
+                [p.grad for p in model.decoder.parameters()], model.edge_weight_raw.grad)
+
+    det, dec, edge = grads(9)
+    assert all(g is not None and g.abs().sum() == 0 for g in det)
+    assert any(g.abs().sum() > 0 for g in dec) and edge.abs().sum() > 0
+    det, _, _ = grads(10)
+    assert any(g.abs().sum() > 0 for g in det)
+    with pytest.raises(ValueError, match="keypoint_delay_steps"):
+        tiny_autolink(alex_random, keypoint_delay_steps=-1)
+
+
 def test_keypoint_spread_by_hand():
     from kpray.models.autolink import keypoint_spread
 

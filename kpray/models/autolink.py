@@ -86,6 +86,13 @@ class AutoLinkConfig:
     #                                        point, so keypoints at the centre no longer satisfy it
     equivariance_normalise: bool = False   # divide by the keypoints' spread (collapse no longer
     #                                        pays; kpray.losses.autolink.equivariance_loss)
+    keypoint_delay_steps: int = 0          # the detector gets zero gradient for the first N steps
+    #                                        (0: none, as the official code), so the decoder
+    #                                        first learns what the masked image alone gives (the
+    #                                        plain background) before keypoints move. Without it,
+    #                                        some initialisations learn early to mark background
+    #                                        with edges and move keypoints off the body
+    #                                        (docs/benchmarks.md, "learn-autolink on -nobg")
     equivariance_ramp_steps: int = 0       # weight rises linearly from 0 over these steps, so
     #                                        that reconstruction spreads the keypoints first
     #                                        (from step 0 the term pulls them to the centre)
@@ -136,6 +143,8 @@ def check_config(c: AutoLinkConfig) -> None:
                          f"equivariance_max_angle in [0, 180] and equivariance_max_shift in "
                          f"[0, 2), got {c.equivariance_weight}, {c.equivariance_ramp_steps}, "
                          f"{c.equivariance_max_angle} and {c.equivariance_max_shift}")
+    if c.keypoint_delay_steps < 0:
+        raise ValueError(f"keypoint_delay_steps must be >= 0, got {c.keypoint_delay_steps}")
     if s % (2 ** c.decoder_depth):
         raise ValueError(f"image_size {s} must be divisible by 2^decoder_depth = {2 ** c.decoder_depth}")
 
@@ -374,12 +383,15 @@ class AutoLink(nn.Module):
         return torch.sigmoid(out) if self.config.decoder == "unet" else self.from_net(out)
 
     def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                    mask: torch.Tensor | None = None) -> dict:
+                    mask: torch.Tensor | None = None, hold_keypoints: bool = False) -> dict:
         """images: [B, 3, S, S] in [0, 1] -> dict of keypoints, heatmaps, edge_map, mask, masked
         (in [0, 1] units, for display), reconstruction ([0, 1] units). ``mask`` [B, 1, S, S]
-        (1 = visible) replaces the random one when given."""
+        (1 = visible) replaces the random one when given. ``hold_keypoints``: the loss sends
+        zero gradient to the detector (zero, not none, so DDP sees every parameter used)."""
         c = self.config
         keypoints, heatmaps = self.detect(images)
+        if hold_keypoints:
+            keypoints = keypoints.detach() + 0 * keypoints
         edges = self.draw_edges(keypoints)
         if mask is None:
             mask = random_grid_mask(images.shape[0], c.image_size, c.mask_grid, c.mask_ratio,
@@ -392,12 +404,13 @@ class AutoLink(nn.Module):
     # -- training
 
     def forward(self, images: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict]:
-        """images: [B, 3, S, S] float in [0, 1] -> (loss, terms). `step` only ramps the optional
-        equivariance term (AutoLink itself has no schedule). terms: detached
+        """images: [B, 3, S, S] float in [0, 1] -> (loss, terms). `step` only holds the keypoints
+        (``keypoint_delay_steps``) and ramps the optional equivariance term (AutoLink itself has
+        no schedule). terms: detached
         scalars for logging: 'perceptual' (the loss), 'alpha', 'edge_weight_mean/max',
         'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
         the image side)."""
-        out = self.reconstruct(images)
+        out = self.reconstruct(images, hold_keypoints=step < self.config.keypoint_delay_steps)
         loss = self.perceptual(out["reconstruction"], images)
         w = self.edge_weights().detach()
         k = w.shape[0]
