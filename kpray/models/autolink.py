@@ -75,6 +75,14 @@ class AutoLinkConfig:
     #                                'torch': PyTorch's default initialisation
     pixel_range: str = "signed"    # networks see images in [-1, 1] (official; masked cells are
     #                                mid-grey) or 'unit': [0, 1] (masked cells black)
+    # keypoint hold (not in the official code; 0 = off)
+    keypoint_delay_steps: int = 0  # the reconstruction sends zero gradient to the detector for
+    #                                the first N steps, so the decoder first learns what the
+    #                                masked image alone gives (the plain background) before the
+    #                                keypoints move. Without it some initialisations learn early
+    #                                to mark the background with edges and keep their keypoints
+    #                                off the body (docs/benchmarks.md, "Background removed,
+    #                                keypoints held for 250 steps")
     # rotation equivariance (not in AutoLink, which trains on upright bodies; 0 = off, as in the
     # official code). Bodies that tumble (our zero-gravity walker) give keypoints that slide along
     # the body without a fixed identity; this asks detect(rotate(x)) = rotate(detect(x)) for a
@@ -86,13 +94,6 @@ class AutoLinkConfig:
     #                                        point, so keypoints at the centre no longer satisfy it
     equivariance_normalise: bool = False   # divide by the keypoints' spread (collapse no longer
     #                                        pays; kpray.losses.autolink.equivariance_loss)
-    keypoint_delay_steps: int = 0          # the detector gets zero gradient for the first N steps
-    #                                        (0: none, as the official code), so the decoder
-    #                                        first learns what the masked image alone gives (the
-    #                                        plain background) before keypoints move. Without it,
-    #                                        some initialisations learn early to mark background
-    #                                        with edges and move keypoints off the body
-    #                                        (docs/benchmarks.md, "learn-autolink on -nobg")
     equivariance_ramp_steps: int = 0       # weight rises linearly from 0 over these steps, so
     #                                        that reconstruction spreads the keypoints first
     #                                        (from step 0 the term pulls them to the centre)

@@ -96,8 +96,6 @@ def _gather(obj, world: int) -> list:
     return out
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
 def warmup_lr(lr: float, warmup_steps: int, step: int) -> float:
     """The learning rate of the update made at ``step`` (0-based): ``lr * (step + 1) / N`` for
     the first N = ``warmup_steps`` steps, then ``lr`` (N = 0: always ``lr``). A function of the
@@ -106,6 +104,8 @@ def warmup_lr(lr: float, warmup_steps: int, step: int) -> float:
         return lr
     return lr * (step + 1) / warmup_steps
 
+
+# ----------------------------------------------------------------------------- checkpoints
 
 def save_state(path: str, model: nn.Module, optimizer, step: int, rng_states: list,
                cfg: TrainConfig) -> None:
