@@ -91,8 +91,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
 
 
 FLAG_FIELDS = ("workers:num_workers", "gpu:use_gpu", "steps", "batch_size", "name", "storage",
-               "checkpoint_every", "preview_every", "log_every", "lr", "lr_warmup_steps", "seed", "max_failures",
-               "num_to_keep", "val_episodes", "loader_workers", "sync_batchnorm")
+               "checkpoint_every", "preview_every", "log_every", "lr", "lr_warmup_steps", "seed",
+               "max_failures", "num_to_keep", "val_episodes", "loader_workers", "sync_batchnorm")
 
 
 def parse_set_items(items) -> dict:

@@ -65,11 +65,10 @@ class TrainConfig:
     # optimiser (None: the model config's value, i.e. the paper's)
     lr: float | None = None
     lr_warmup_steps: int = 0                # lr rises linearly from lr/N to lr over the first N
-                                            # steps (0: constant, as both papers). Adam takes
-                                            # full-size steps even on the tiny early gradients
-                                            # (AutoLink's edge weights start ~0.02), which can
-                                            # throw the keypoints off the body before the graph
-                                            # carries any signal (docs/benchmarks.md)
+                                            # steps (0: constant, as both papers). Tried against
+                                            # AutoLink's early off-body keypoints and measured
+                                            # not to help (keypoint_delay_steps does;
+                                            # docs/benchmarks.md)
     betas: tuple | None = None
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
