@@ -229,6 +229,37 @@ def test_autolink_keypoint_delay_holds_only_the_detector(alex_random):
         tiny_autolink(alex_random, keypoint_delay_steps=-1)
 
 
+def test_autolink_edge_skip_adds_the_edge_map_to_the_output(alex_random):
+    """edge_skip c: the reconstruction is the decoder's plus c * edge map in network units
+    ([-1, 1], so c / 2 in [0, 1] units), c a learnable scalar; 0 adds no parameter (old
+    checkpoints load) and changes nothing."""
+    torch.manual_seed(0)
+    masked = torch.rand(2, 3, 32, 32) * 2 - 1
+    edges = torch.rand(2, 1, 32, 32)
+    plain = tiny_autolink(alex_random)
+    assert "edge_skip" not in plain.state_dict()
+    torch.manual_seed(3)
+    skip = tiny_autolink(alex_random, edge_skip=0.8)
+    torch.manual_seed(3)
+    same = tiny_autolink(alex_random)
+    skip.load_state_dict(same.state_dict(), strict=False)
+    with torch.no_grad():
+        diff = skip.decode(masked, edges) - same.decode(masked, edges)
+    assert torch.allclose(diff, 0.4 * edges.expand_as(diff), atol=1e-6)
+    images = torch.rand(2, 3, 32, 32)
+    skip(images)[0].backward()
+    assert skip.edge_skip.grad is not None and skip.edge_skip.grad.abs() > 0
+    scheduled = tiny_autolink(alex_random, edge_skip=2.0, edge_skip_steps=100)
+    assert "edge_skip" not in scheduled.state_dict()
+    assert [scheduled.edge_skip_at(s) for s in (0, 25, 100, 300, None)] == [2.0, 1.5, 0.0, 0.0, 0.0]
+    with torch.no_grad():
+        d25 = scheduled.decode(masked, edges, step=25) - scheduled.decode(masked, edges, step=100)
+    assert torch.allclose(d25, 0.75 * edges.expand_as(d25), atol=1e-6)
+    for bad in ({"edge_skip": float("nan")}, {"edge_skip": 1.0, "edge_skip_steps": -1}):
+        with pytest.raises(ValueError, match="edge_skip"):
+            tiny_autolink(alex_random, **bad)
+
+
 def test_keypoint_spread_by_hand():
     from kpray.models.autolink import keypoint_spread
 

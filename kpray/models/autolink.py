@@ -83,6 +83,16 @@ class AutoLinkConfig:
     #                                to mark the background with edges and keep their keypoints
     #                                off the body (docs/benchmarks.md, "Background removed,
     #                                keypoints held for 250 steps")
+    edge_skip: float = 0.0         # the edge map times a scalar, starting at this, is added to
+    #                                the decoder's output (network units; 0 = off, as in the
+    #                                official code). Whether edges are pulled onto the body or
+    #                                off it follows the sign of the decoder's response to them,
+    #                                which at the start is random; a positive skip makes edges
+    #                                paint brightness, so on a black background they are pulled
+    #                                onto the body (docs/benchmarks.md, "The sign of the
+    #                                decoder's response to the edges")
+    edge_skip_steps: int = 0       # 0: the scalar is learned; N > 0: it is fixed and falls
+    #                                linearly to 0 at step N (after that the decoder alone)
     # rotation equivariance (not in AutoLink, which trains on upright bodies; 0 = off, as in the
     # official code). Bodies that tumble (our zero-gravity walker) give keypoints that slide along
     # the body without a fixed identity; this asks detect(rotate(x)) = rotate(detect(x)) for a
@@ -146,6 +156,9 @@ def check_config(c: AutoLinkConfig) -> None:
                          f"{c.equivariance_max_angle} and {c.equivariance_max_shift}")
     if c.keypoint_delay_steps < 0:
         raise ValueError(f"keypoint_delay_steps must be >= 0, got {c.keypoint_delay_steps}")
+    if not math.isfinite(c.edge_skip) or c.edge_skip_steps < 0:
+        raise ValueError(f"edge_skip must be a finite number and edge_skip_steps >= 0, got "
+                         f"{c.edge_skip} and {c.edge_skip_steps}")
     if s % (2 ** c.decoder_depth):
         raise ValueError(f"image_size {s} must be divisible by 2^decoder_depth = {2 ** c.decoder_depth}")
 
@@ -334,6 +347,8 @@ class AutoLink(nn.Module):
         logits = c.edge_init_logit + c.edge_init_std * torch.randn(k, k)
         self.edge_weight_raw = nn.Parameter(logits / c.edge_weight_scale)
         self.alpha = nn.Parameter(torch.ones(()))   # scales the masked image; paper: init 1
+        if c.edge_skip != 0 and c.edge_skip_steps == 0:   # only then: old checkpoints load
+            self.edge_skip = nn.Parameter(torch.tensor(float(c.edge_skip)))
         # The frozen loss network is kept out of state_dict/parameters (it is not trained and is
         # large); _apply below still moves it with .to()/.cuda(). Every rank builds the same one
         # (random backbones come from a fixed seed: kpray.losses.autolink).
@@ -371,7 +386,17 @@ class AutoLink(nn.Module):
         return edge_map(keypoints, self.edge_weights(), self.config.thickness, (s, s),
                         chunk=self.config.edge_chunk).unsqueeze(1)
 
-    def decode(self, masked: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    def edge_skip_at(self, step: int | None = None):
+        """The edge skip's scalar (``edge_skip``) at ``step``: the learned parameter, or the fixed
+        schedule edge_skip * max(0, 1 - step / edge_skip_steps) (step None: the schedule's end)."""
+        c = self.config
+        if c.edge_skip == 0:
+            return 0.0
+        if c.edge_skip_steps == 0:
+            return self.edge_skip
+        return 0.0 if step is None else c.edge_skip * max(0.0, 1 - step / c.edge_skip_steps)
+
+    def decode(self, masked: torch.Tensor, edges: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """masked image [B, 3, S, S] in the networks' range, edge map [B, 1, S, S] ->
         reconstruction [B, 3, S, S] in [0, 1] units (sigmoid for 'unet', linear for 'official')."""
         parts = [self.alpha * masked, edges]
@@ -381,10 +406,13 @@ class AutoLink(nn.Module):
             xs = torch.linspace(-1, 1, w, device=masked.device, dtype=masked.dtype)
             parts += [xs.view(1, 1, 1, w).expand(b, 1, h, w), ys.view(1, 1, h, 1).expand(b, 1, h, w)]
         out = self.decoder(torch.cat(parts, dim=1))
+        if self.config.edge_skip != 0:
+            out = out + self.edge_skip_at(step) * edges
         return torch.sigmoid(out) if self.config.decoder == "unet" else self.from_net(out)
 
     def reconstruct(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                    mask: torch.Tensor | None = None, hold_keypoints: bool = False) -> dict:
+                    mask: torch.Tensor | None = None, hold_keypoints: bool = False,
+                    step: int | None = None) -> dict:
         """images: [B, 3, S, S] in [0, 1] -> dict of keypoints, heatmaps, edge_map, mask, masked
         (in [0, 1] units, for display), reconstruction ([0, 1] units). ``mask`` [B, 1, S, S]
         (1 = visible) replaces the random one when given. ``hold_keypoints``: the loss sends
@@ -398,7 +426,7 @@ class AutoLink(nn.Module):
             mask = random_grid_mask(images.shape[0], c.image_size, c.mask_grid, c.mask_ratio,
                                     images.device, generator)
         masked = self.to_net(images) * mask
-        recon = self.decode(masked, edges)
+        recon = self.decode(masked, edges, step)
         return {"keypoints": keypoints, "heatmaps": heatmaps, "edge_map": edges, "mask": mask,
                 "masked": self.from_net(masked), "reconstruction": recon}
 
@@ -411,7 +439,8 @@ class AutoLink(nn.Module):
         scalars for logging: 'perceptual' (the loss), 'alpha', 'edge_weight_mean/max',
         'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
         the image side)."""
-        out = self.reconstruct(images, hold_keypoints=step < self.config.keypoint_delay_steps)
+        out = self.reconstruct(images, hold_keypoints=step < self.config.keypoint_delay_steps,
+                               step=step)
         loss = self.perceptual(out["reconstruction"], images)
         w = self.edge_weights().detach()
         k = w.shape[0]
@@ -453,13 +482,14 @@ class AutoLink(nn.Module):
                                  weight_decay=c.weight_decay)
 
     @torch.no_grad()
-    def edge_map_reliance(self, images: torch.Tensor, seed: int = 0) -> dict:
+    def edge_map_reliance(self, images: torch.Tensor, seed: int = 0, step: int | None = None) -> dict:
         """How much the decoder uses the edge map: the loss on ``images`` [B, 3, S, S] with the
         edge map as drawn and with it zeroed, on the same masks (seeded). Returns floats
         ``loss``, ``loss_no_edges`` and ``edge_reliance`` = loss_no_edges / loss - 1 (0 when the
-        decoder ignores the edges). Runs in the module's current mode."""
+        decoder ignores the edges; the edge skip counts as use). ``step``: of the edge skip's
+        schedule. Runs in the module's current mode."""
         g = torch.Generator(device=images.device).manual_seed(seed)
-        out = self.reconstruct(images, generator=g)
+        out = self.reconstruct(images, generator=g, step=step)
         loss = self.perceptual(out["reconstruction"], images)
         blank = self.decode(self.to_net(images) * out["mask"], torch.zeros_like(out["edge_map"]))
         loss0 = self.perceptual(blank, images)

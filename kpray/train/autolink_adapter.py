@@ -68,9 +68,12 @@ class AutoLinkAdapter(Adapter):
     def scalars(self, model):
         w = model.edge_weights().detach()
         k = w.shape[0]
-        return {"alpha": float(model.alpha.detach()),
-                "edge_weight_mean": float(w.sum() / max(1, k * (k - 1))),
-                "edge_weight_max": float(w.max())}
+        out = {"alpha": float(model.alpha.detach()),
+               "edge_weight_mean": float(w.sum() / max(1, k * (k - 1))),
+               "edge_weight_max": float(w.max())}
+        if hasattr(model, "edge_skip"):
+            out["edge_skip"] = float(model.edge_skip.detach())
+        return out
 
     def histograms(self, model):
         """``edge_weights``: the K (K - 1) / 2 weights of the shared graph."""
@@ -89,7 +92,7 @@ class AutoLinkAdapter(Adapter):
         was = model.training
         model.eval()
         images = batch["image"]
-        out = model.edge_map_reliance(images, seed=step)
+        out = model.edge_map_reliance(images, seed=step, step=step)
         out["keypoint_spread"] = float(keypoint_spread(model.detect(images)[0]))
         model.train(was)
         return out
@@ -107,7 +110,7 @@ class AutoLinkAdapter(Adapter):
         was = model.training
         model.eval()
         images = batch["image"][:4]
-        out = model.reconstruct(images)
+        out = model.reconstruct(images, step=step)
         model.train(was)
         adj = self._adjacency(model)
         s = images.shape[-1]
