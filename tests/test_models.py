@@ -255,6 +255,14 @@ def test_autolink_edge_skip_adds_the_edge_map_to_the_output(alex_random):
     with torch.no_grad():
         d25 = scheduled.decode(masked, edges, step=25) - scheduled.decode(masked, edges, step=100)
     assert torch.allclose(d25, 0.75 * edges.expand_as(d25), atol=1e-6)
+    # edge_response, a slope of brightness change on the edge map: the skip adds c / 2 to it
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        r0 = scheduled.edge_map_reliance(images, seed=4, step=0)
+        r25 = scheduled.edge_map_reliance(images, seed=4, step=25)
+        r100 = scheduled.edge_map_reliance(images, seed=4, step=100)
+    assert r0["edge_response"] - r100["edge_response"] == pytest.approx(1.0, rel=1e-3)
+    assert r25["edge_response"] - r100["edge_response"] == pytest.approx(0.75, rel=1e-3)
     for bad in ({"edge_skip": float("nan")}, {"edge_skip": 1.0, "edge_skip_steps": -1}):
         with pytest.raises(ValueError, match="edge_skip"):
             tiny_autolink(alex_random, **bad)

@@ -485,16 +485,26 @@ class AutoLink(nn.Module):
     def edge_map_reliance(self, images: torch.Tensor, seed: int = 0, step: int | None = None) -> dict:
         """How much the decoder uses the edge map: the loss on ``images`` [B, 3, S, S] with the
         edge map as drawn and with it zeroed, on the same masks (seeded). Returns floats
-        ``loss``, ``loss_no_edges`` and ``edge_reliance`` = loss_no_edges / loss - 1 (0 when the
-        decoder ignores the edges; the edge skip counts as use). ``step``: of the edge skip's
-        schedule. Runs in the module's current mode."""
+        ``loss``, ``loss_no_edges``, ``edge_reliance`` = loss_no_edges / loss - 1 (0 when the
+        decoder ignores the edges; the edge skip counts as use) and ``edge_response``: the
+        least-squares slope of the change the edges make to the reconstruction's brightness
+        ([0, 1] units, channel mean) on the edge map's value, over all pixels (NaN for an empty
+        edge map). Its sign says whether edges paint brightness (on a black background: pulled
+        onto the body) or darkness (pushed off it). ``step``: of the edge skip's schedule. Runs in the module's
+        current mode."""
         g = torch.Generator(device=images.device).manual_seed(seed)
         out = self.reconstruct(images, generator=g, step=step)
         loss = self.perceptual(out["reconstruction"], images)
-        blank = self.decode(self.to_net(images) * out["mask"], torch.zeros_like(out["edge_map"]))
+        blank = self.decode(self.to_net(images) * out["mask"], torch.zeros_like(out["edge_map"]),
+                            step)
         loss0 = self.perceptual(blank, images)
+        e = out["edge_map"][:, 0]                                          # [B, S, S]
+        change = (out["reconstruction"] - blank).mean(1)                   # [B, S, S]
+        e2 = (e * e).sum()
+        response = (change * e).sum() / e2 if e2 > 0 else torch.tensor(math.nan)
         return {"loss": float(loss), "loss_no_edges": float(loss0),
-                "edge_reliance": float(loss0 / loss.clamp_min(1e-12) - 1)}
+                "edge_reliance": float(loss0 / loss.clamp_min(1e-12) - 1),
+                "edge_response": float(response)}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict:

@@ -85,8 +85,9 @@ class AutoLinkAdapter(Adapter):
     def diagnostics(self, model, batch, step):
         """``keypoint_spread`` (mean distance between an image's keypoints, normalised units, in
         eval mode), ``loss`` and ``loss_no_edges`` (the loss with the edge map as drawn and
-        zeroed, same masks) and ``edge_reliance`` = their ratio - 1: 0 when the decoder ignores
-        the edge map."""
+        zeroed, same masks), ``edge_reliance`` = their ratio - 1: 0 when the decoder ignores
+        the edge map, and ``edge_response``: whether the edges brighten (> 0) or darken the
+        reconstruction (``AutoLink.edge_map_reliance``)."""
         from kpray.models.autolink import keypoint_spread
 
         was = model.training
