@@ -268,6 +268,47 @@ def test_autolink_edge_skip_adds_the_edge_map_to_the_output(alex_random):
             tiny_autolink(alex_random, **bad)
 
 
+def test_autolink_edge_polarity_negates_a_darkening_edge_channel(alex_random):
+    """edge_polarity: at step keypoint_delay_steps, and no other, a model whose edge response
+    is negative gets its decoder's first-conv weights on the edge channel negated (and
+    edge_sign -1), nothing else; a model whose response is positive is left alone. (That this
+    turns the response positive holds where it is first-order in the edges, as in trained
+    models: docs/benchmarks.md; in a tiny untrained net it need not.)"""
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    models = {}
+    for seed in range(40):                                 # one model of each sign
+        torch.manual_seed(seed)
+        m = tiny_autolink(alex_random, edge_polarity=True, keypoint_delay_steps=5)
+        m.eval()
+        with torch.no_grad():
+            r = m.edge_map_reliance(images, seed=5, step=5)["edge_response"]
+        models.setdefault(r > 0, m)
+        if len(models) == 2:
+            break
+    assert len(models) == 2
+    for positive, model in models.items():
+        model.train()
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            model(images, step=4)                          # not yet: nothing changes but BN stats
+        first = next(m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d))
+        assert torch.equal(first.weight, before["decoder.down0.0.weight"])
+        model.load_state_dict(before)
+        with torch.no_grad():
+            model(images, step=5)
+        after = model.state_dict()
+        w0, w1 = before["decoder.down0.0.weight"], after["decoder.down0.0.weight"]
+        assert torch.equal(w1[:, :3], w0[:, :3])
+        if positive:
+            assert torch.equal(w1, w0) and float(model.edge_sign) == 1.0
+        else:
+            assert torch.equal(w1[:, 3], -w0[:, 3]) and float(model.edge_sign) == -1.0
+        assert all(torch.equal(after[k], v) for k, v in before.items()
+                   if k.startswith(("detector.", "edge_weight")) and "running" not in k
+                   and "num_batches" not in k)
+
+
 def test_keypoint_spread_by_hand():
     from kpray.models.autolink import keypoint_spread
 

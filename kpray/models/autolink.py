@@ -93,6 +93,12 @@ class AutoLinkConfig:
     #                                decoder's response to the edges")
     edge_skip_steps: int = 0       # 0: the scalar is learned; N > 0: it is fixed and falls
     #                                linearly to 0 at step N (after that the decoder alone)
+    edge_polarity: bool = False    # at step keypoint_delay_steps (the first step the keypoints
+    #                                move), if the decoder's response to the edge map on that
+    #                                batch darkens the reconstruction, negate the weights of the
+    #                                decoder's first convolution on the edge channel, so that
+    #                                edges brighten it (on a black background: are pulled onto the
+    #                                body). Not in the official code; False = off
     # rotation equivariance (not in AutoLink, which trains on upright bodies; 0 = off, as in the
     # official code). Bodies that tumble (our zero-gravity walker) give keypoints that slide along
     # the body without a fixed identity; this asks detect(rotate(x)) = rotate(detect(x)) for a
@@ -349,6 +355,8 @@ class AutoLink(nn.Module):
         self.alpha = nn.Parameter(torch.ones(()))   # scales the masked image; paper: init 1
         if c.edge_skip != 0 and c.edge_skip_steps == 0:   # only then: old checkpoints load
             self.edge_skip = nn.Parameter(torch.tensor(float(c.edge_skip)))
+        if c.edge_polarity:                                # -1 once the edge channel is negated
+            self.register_buffer("edge_sign", torch.ones(()))
         # The frozen loss network is kept out of state_dict/parameters (it is not trained and is
         # large); _apply below still moves it with .to()/.cuda(). Every rank builds the same one
         # (random backbones come from a fixed seed: kpray.losses.autolink).
@@ -439,6 +447,8 @@ class AutoLink(nn.Module):
         scalars for logging: 'perceptual' (the loss), 'alpha', 'edge_weight_mean/max',
         'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
         the image side)."""
+        if self.config.edge_polarity and self.training and step == self.config.keypoint_delay_steps:
+            self.orient_edges(images, step)
         out = self.reconstruct(images, hold_keypoints=step < self.config.keypoint_delay_steps,
                                step=step)
         loss = self.perceptual(out["reconstruction"], images)
@@ -452,6 +462,27 @@ class AutoLink(nn.Module):
             terms["equivariance"] = eq.detach()
             loss = loss + self.equivariance_weight_at(step) * eq
         return loss, terms
+
+    @torch.no_grad()
+    def orient_edges(self, images: torch.Tensor, step: int | None = None) -> float:
+        """``edge_polarity``: measure the edge response (``edge_map_reliance``, eval mode) on
+        ``images`` [B, 3, S, S], averaged over DDP ranks so that every rank decides alike; if it
+        is negative, negate the decoder's first convolution's weights on the edge channel (its
+        first-order response changes sign) and flip ``edge_sign``. Returns the response before.
+        Adam's moments for those weights keep their sign and fade within ~10 steps."""
+        was = self.training
+        self.eval()
+        r = torch.tensor(self.edge_map_reliance(images, seed=step or 0, step=step)["edge_response"],
+                         device=images.device)
+        self.train(was)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(r)
+            r /= torch.distributed.get_world_size()
+        if torch.isfinite(r) and r < 0:
+            first = next(m for m in self.decoder.modules() if isinstance(m, nn.Conv2d))
+            first.weight[:, 3] *= -1                   # input channels: image (3), edges, coords
+            self.edge_sign *= -1
+        return float(r)
 
     def equivariance_weight_at(self, step: int) -> float:
         """``equivariance_weight`` times min(1, step / ``equivariance_ramp_steps``)."""

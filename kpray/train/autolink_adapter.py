@@ -73,6 +73,8 @@ class AutoLinkAdapter(Adapter):
                "edge_weight_max": float(w.max())}
         if hasattr(model, "edge_skip"):
             out["edge_skip"] = float(model.edge_skip.detach())
+        if hasattr(model, "edge_sign"):
+            out["edge_sign"] = float(model.edge_sign)
         return out
 
     def histograms(self, model):
