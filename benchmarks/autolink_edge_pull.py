@@ -92,7 +92,8 @@ def main(argv=None) -> int:
         return 2
     frames = np.concatenate([ep["frames"][::args.every] for ep in episodes])
     masks = np.concatenate([ep["masks"][::args.every] for ep in episodes]).astype(bool)
-    print("| checkpoint | step | off-body keypoints | pull: mean cosine (fraction > 0) | edge response |")
+    print("| checkpoint | step | off-body keypoints | pull: mean cosine (fraction > 0) "
+          "| edge response |")
     print("| --- | --- | --- | --- | --- |")
     for ck in args.checkpoints:
         model, _, _, state = trained_model(ck)

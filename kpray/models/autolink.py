@@ -89,8 +89,10 @@ class AutoLinkConfig:
     #                                off it follows the sign of the decoder's response to them,
     #                                which at the start is random; a positive skip makes edges
     #                                paint brightness, so on a black background they are pulled
-    #                                onto the body (docs/benchmarks.md, "The sign of the
-    #                                decoder's response to the edges")
+    #                                onto the body. Measured: it does, but the keypoints bunch
+    #                                along the body's axis and the regression does not improve
+    #                                (docs/benchmarks.md, "The sign of the decoder's response to
+    #                                the edges"); not used by the recipe
     edge_skip_steps: int = 0       # 0: the scalar is learned; N > 0: it is fixed and falls
     #                                linearly to 0 at step N (after that the decoder alone)
     edge_polarity: bool = False    # at step keypoint_delay_steps (the first step the keypoints
@@ -98,7 +100,10 @@ class AutoLinkConfig:
     #                                batch darkens the reconstruction, negate the weights of the
     #                                decoder's first convolution on the edge channel, so that
     #                                edges brighten it (on a black background: are pulled onto the
-    #                                body). Not in the official code; False = off
+    #                                body). Not in the official code; False = off. Measured: it
+    #                                rescues a walker seed whose response was clearly negative
+    #                                and costs one whose response was near zero (same docs
+    #                                section); not used by the recipe
     # rotation equivariance (not in AutoLink, which trains on upright bodies; 0 = off, as in the
     # official code). Bodies that tumble (our zero-gravity walker) give keypoints that slide along
     # the body without a fixed identity; this asks detect(rotate(x)) = rotate(detect(x)) for a
@@ -404,7 +409,8 @@ class AutoLink(nn.Module):
             return self.edge_skip
         return 0.0 if step is None else c.edge_skip * max(0.0, 1 - step / c.edge_skip_steps)
 
-    def decode(self, masked: torch.Tensor, edges: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    def decode(self, masked: torch.Tensor, edges: torch.Tensor,
+               step: int | None = None) -> torch.Tensor:
         """masked image [B, 3, S, S] in the networks' range, edge map [B, 1, S, S] ->
         reconstruction [B, 3, S, S] in [0, 1] units (sigmoid for 'unet', linear for 'official')."""
         parts = [self.alpha * masked, edges]
@@ -513,7 +519,8 @@ class AutoLink(nn.Module):
                                  weight_decay=c.weight_decay)
 
     @torch.no_grad()
-    def edge_map_reliance(self, images: torch.Tensor, seed: int = 0, step: int | None = None) -> dict:
+    def edge_map_reliance(self, images: torch.Tensor, seed: int = 0,
+                          step: int | None = None) -> dict:
         """How much the decoder uses the edge map: the loss on ``images`` [B, 3, S, S] with the
         edge map as drawn and with it zeroed, on the same masks (seeded). Returns floats
         ``loss``, ``loss_no_edges``, ``edge_reliance`` = loss_no_edges / loss - 1 (0 when the
@@ -521,8 +528,8 @@ class AutoLink(nn.Module):
         least-squares slope of the change the edges make to the reconstruction's brightness
         ([0, 1] units, channel mean) on the edge map's value, over all pixels (NaN for an empty
         edge map). Its sign says whether edges paint brightness (on a black background: pulled
-        onto the body) or darkness (pushed off it). ``step``: of the edge skip's schedule. Runs in the module's
-        current mode."""
+        onto the body) or darkness (pushed off it). ``step``: of the edge skip's schedule.
+        Runs in the module's current mode."""
         g = torch.Generator(device=images.device).manual_seed(seed)
         out = self.reconstruct(images, generator=g, step=step)
         loss = self.perceptual(out["reconstruction"], images)
