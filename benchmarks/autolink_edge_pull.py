@@ -85,18 +85,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from kpray.autolink_report import trained_model
     from kpray.data import iter_episodes
+    from kpray.evaluation import EvaluationError
 
-    episodes = list(itertools.islice(iter_episodes(args.data, split="test"), args.episodes))
-    if not episodes:
-        print(f"autolink_edge_pull.py: error: no test episodes in {args.data}", file=sys.stderr)
+    try:
+        episodes = list(itertools.islice(iter_episodes(args.data, split="test"), args.episodes))
+        if not episodes:
+            raise EvaluationError(f"no test episodes in {args.data}")
+        models = [(ck, trained_model(ck)) for ck in args.checkpoints]
+    except (OSError, ValueError, EvaluationError) as e:
+        print(f"autolink_edge_pull.py: error: {e}", file=sys.stderr)
         return 2
     frames = np.concatenate([ep["frames"][::args.every] for ep in episodes])
     masks = np.concatenate([ep["masks"][::args.every] for ep in episodes]).astype(bool)
     print("| checkpoint | step | off-body keypoints | pull: mean cosine (fraction > 0) "
           "| edge response |")
     print("| --- | --- | --- | --- | --- |")
-    for ck in args.checkpoints:
-        model, _, _, state = trained_model(ck)
+    for ck, (model, _, _, state) in models:
         r = edge_pull(model, frames, masks, args.repeats, state["step"])
         print(f"| {ck} | {state['step']} | {r['off_body']:.2f} | {r['pull_mean']:+.2f} "
               f"({r['pull_positive']:.2f}, n = {r['n_off']}) | {r['edge_response']:+.3f} |")
