@@ -268,8 +268,11 @@ def test_autolink_edge_skip_adds_the_edge_map_to_the_output(alex_random):
             tiny_autolink(alex_random, **bad)
 
 
-def test_autolink_edge_polarity_negates_a_darkening_edge_channel(alex_random):
-    """edge_polarity: at step keypoint_delay_steps, and no other, a model whose edge response
+@pytest.mark.parametrize("polarity_step,at,other", [(-1, 5, 4), (0, 0, 5)])
+def test_autolink_edge_polarity_negates_a_darkening_edge_channel(alex_random, polarity_step, at,
+                                                                 other):
+    """edge_polarity: at step keypoint_delay_steps (edge_polarity_step -1) or at the step
+    edge_polarity_step names (0: before any update), and no other, a model whose edge response
     is negative gets its decoder's first-conv weights on the edge channel negated (and
     edge_sign -1), nothing else; a model whose response is positive is left alone. (That this
     turns the response positive holds where it is first-order in the edges, as in trained
@@ -279,10 +282,11 @@ def test_autolink_edge_polarity_negates_a_darkening_edge_channel(alex_random):
     models = {}
     for seed in range(40):                                 # one model of each sign
         torch.manual_seed(seed)
-        m = tiny_autolink(alex_random, edge_polarity=True, keypoint_delay_steps=5)
+        m = tiny_autolink(alex_random, edge_polarity=True, keypoint_delay_steps=5,
+                          edge_polarity_step=polarity_step)
         m.eval()
         with torch.no_grad():
-            r = m.edge_map_reliance(images, seed=5, step=5)["edge_response"]
+            r = m.edge_map_reliance(images, seed=at, step=at)["edge_response"]
         models.setdefault(r > 0, m)
         if len(models) == 2:
             break
@@ -291,12 +295,12 @@ def test_autolink_edge_polarity_negates_a_darkening_edge_channel(alex_random):
         model.train()
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         with torch.no_grad():
-            model(images, step=4)                          # not yet: nothing changes but BN stats
+            model(images, step=other)                      # not now: nothing changes but BN stats
         first = next(m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d))
         assert torch.equal(first.weight, before["decoder.down0.0.weight"])
         model.load_state_dict(before)
         with torch.no_grad():
-            model(images, step=5)
+            model(images, step=at)
         after = model.state_dict()
         w0, w1 = before["decoder.down0.0.weight"], after["decoder.down0.0.weight"]
         assert torch.equal(w1[:, :3], w0[:, :3])
@@ -307,6 +311,8 @@ def test_autolink_edge_polarity_negates_a_darkening_edge_channel(alex_random):
         assert all(torch.equal(after[k], v) for k, v in before.items()
                    if k.startswith(("detector.", "edge_weight")) and "running" not in k
                    and "num_batches" not in k)
+    with pytest.raises(ValueError, match="edge_polarity_step"):
+        tiny_autolink(alex_random, edge_polarity=True, edge_polarity_step=-2)
 
 
 def test_keypoint_spread_by_hand():

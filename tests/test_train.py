@@ -78,7 +78,7 @@ def test_two_workers_train_in_sync_on_uneven_shards(ray_session, shards, tmp_pat
 
 def test_autolink_two_workers_uneven_shards_do_not_hang(ray_session, shards, tmp_path):
     cfg = _cfg(shards, tmp_path, "al", model="autolink", steps=4, checkpoint_every=2,
-               preview_every=2, lr_warmup_steps=3)
+               preview_every=2, lr_warmup_steps=3, lr_decay_steps=2)
     result = fit(build_trainer(cfg))
     m = result.metrics
     assert m["step"] == 4 and m["ranks_in_sync"]
@@ -95,10 +95,12 @@ def test_autolink_two_workers_uneven_shards_do_not_hang(ray_session, shards, tmp
     for tag in ("loss/total", "loss/perceptual", "model/alpha", "train/lr", "train/images_per_s"):
         assert tag in tags["scalars"], tag
     assert "model/edge_weights" in tags["images"] and "preview" in tags["images"]
-    # the learning rate of each update, warmed up over 3 steps (log_every=1)
+    # the learning rate of each update, warmed up over 3 steps, decayed over the last 2
+    # (log_every=1): the third update is both (half the cosine, times 3/3)
     lrs = [(e.step, e.value) for e in ev.Scalars("train/lr")]
     assert [s for s, _ in lrs] == [1, 2, 3, 4]
-    assert [v for _, v in lrs] == pytest.approx([cfg.lr / 3, cfg.lr * 2 / 3, cfg.lr, cfg.lr])
+    assert [v for _, v in lrs] == pytest.approx([cfg.lr / 3, cfg.lr * 2 / 3, cfg.lr / 2, 0],
+                                                abs=1e-12)
     # validation of the untrained model (step 0), then at every checkpoint
     assert [e.step for e in ev.Scalars("val/regression_error")] == [0, 2, 4]
 

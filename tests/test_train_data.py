@@ -109,6 +109,8 @@ def test_precedence_preset_then_file_then_flags(tmp_path):
     ({"model_config": {"weights": {"bogus": 1}}}, "bogus"),
     ({"lr": -1.0}, "--lr"),
     ({"lr_warmup_steps": -1}, "--lr-warmup-steps"),
+    ({"lr_decay_steps": -1}, "--lr-decay-steps"),
+    ({"steps": 10, "lr_decay_steps": 11}, "--lr-decay-steps"),
     ({"name": "a/b"}, "--name"),
 ])
 def test_bad_configs_are_refused(kw, msg):
@@ -189,9 +191,10 @@ def test_cli_flags_reach_the_config(shards, tmp_path):
                                          "--perceptual-weights", str(weights)]), "autolink")
     assert cfg.sync_batchnorm is False and cfg.model_config["perceptual_weights"] == str(weights)
     cfg = config_from_args(p.parse_args(["--data", shards, "--loss", "laplacian",
-                                         "--lr-warmup-steps", "250"]), "autolink")
+                                         "--lr-warmup-steps", "250", "--lr-decay-steps", "100"]),
+                           "autolink")
     assert cfg.sync_batchnorm is True and cfg.model_config["loss"] == "laplacian"
-    assert cfg.lr_warmup_steps == 250
+    assert cfg.lr_warmup_steps == 250 and cfg.lr_decay_steps == 100
 
 
 def test_warmup_lr_by_hand():
@@ -200,3 +203,6 @@ def test_warmup_lr_by_hand():
     assert [warmup_lr(1e-3, 4, s) for s in range(6)] == pytest.approx(
         [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert warmup_lr(1e-3, 0, 0) == 1e-3 and warmup_lr(1e-3, 1, 0) == 1e-3
+    # a half cosine over the last 4 of 10 steps: cos(pi t) for t = 1/4 .. 1
+    assert [warmup_lr(1.0, 0, s, 4, 10) for s in range(10)] == pytest.approx(
+        [1, 1, 1, 1, 1, 1, (1 + 2 ** -0.5) / 2, 0.5, (1 - 2 ** -0.5) / 2, 0])

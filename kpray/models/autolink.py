@@ -104,6 +104,11 @@ class AutoLinkConfig:
     #                                rescues a walker seed whose response was clearly negative
     #                                and costs one whose response was near zero (same docs
     #                                section); not used by the recipe
+    edge_polarity_step: int = -1   # the step at which edge_polarity measures and orients:
+    #                                -1 = keypoint_delay_steps (the hold's end, as above); 0 =
+    #                                the first step, before any update: then it only picks, of
+    #                                the two equally likely signs of the random start (Kaiming
+    #                                weights are symmetric), the one whose edges brighten
     # rotation equivariance (not in AutoLink, which trains on upright bodies; 0 = off, as in the
     # official code). Bodies that tumble (our zero-gravity walker) give keypoints that slide along
     # the body without a fixed identity; this asks detect(rotate(x)) = rotate(detect(x)) for a
@@ -167,6 +172,9 @@ def check_config(c: AutoLinkConfig) -> None:
                          f"{c.equivariance_max_angle} and {c.equivariance_max_shift}")
     if c.keypoint_delay_steps < 0:
         raise ValueError(f"keypoint_delay_steps must be >= 0, got {c.keypoint_delay_steps}")
+    if c.edge_polarity_step < -1:
+        raise ValueError(f"edge_polarity_step must be >= -1 (-1: at keypoint_delay_steps), got "
+                         f"{c.edge_polarity_step}")
     if not math.isfinite(c.edge_skip) or c.edge_skip_steps < 0:
         raise ValueError(f"edge_skip must be a finite number and edge_skip_steps >= 0, got "
                          f"{c.edge_skip} and {c.edge_skip_steps}")
@@ -453,7 +461,7 @@ class AutoLink(nn.Module):
         scalars for logging: 'perceptual' (the loss), 'alpha', 'edge_weight_mean/max',
         'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
         the image side)."""
-        if self.config.edge_polarity and self.training and step == self.config.keypoint_delay_steps:
+        if self.config.edge_polarity and self.training and step == self.edge_polarity_at():
             self.orient_edges(images, step)
         out = self.reconstruct(images, hold_keypoints=step < self.config.keypoint_delay_steps,
                                step=step)
@@ -468,6 +476,11 @@ class AutoLink(nn.Module):
             terms["equivariance"] = eq.detach()
             loss = loss + self.equivariance_weight_at(step) * eq
         return loss, terms
+
+    def edge_polarity_at(self) -> int:
+        """The training step at which ``edge_polarity`` orients the edge channel."""
+        c = self.config
+        return c.keypoint_delay_steps if c.edge_polarity_step < 0 else c.edge_polarity_step
 
     @torch.no_grad()
     def orient_edges(self, images: torch.Tensor, step: int | None = None) -> float:

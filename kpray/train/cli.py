@@ -49,6 +49,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     a("--lr", type=float, help="Adam learning rate (default: the paper's)")
     a("--lr-warmup-steps", type=int, metavar="N",
       help="raise the learning rate linearly over the first N steps (default 0: constant)")
+    a("--lr-decay-steps", type=int, metavar="N",
+      help="lower the learning rate to 0 on a half cosine over the last N steps (default 0: none)")
     a("--seed", type=int, help="random seed (default 0)")
     a("--max-failures", type=int, help="worker-group restarts from the last checkpoint (default 3)")
     a("--keep", type=int, dest="num_to_keep", help="checkpoints kept (default 3)")
@@ -91,7 +93,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
 
 
 FLAG_FIELDS = ("workers:num_workers", "gpu:use_gpu", "steps", "batch_size", "name", "storage",
-               "checkpoint_every", "preview_every", "log_every", "lr", "lr_warmup_steps", "seed",
+               "checkpoint_every", "preview_every", "log_every", "lr", "lr_warmup_steps",
+               "lr_decay_steps", "seed",
                "max_failures", "num_to_keep", "val_episodes", "loader_workers", "sync_batchnorm")
 
 

@@ -69,6 +69,8 @@ class TrainConfig:
                                             # AutoLink's early off-body keypoints and measured
                                             # not to help (keypoint_delay_steps does;
                                             # docs/benchmarks.md)
+    lr_decay_steps: int = 0                 # over the last N steps lr falls to 0 on a half
+                                            # cosine (0: constant to the end, as both papers)
     betas: tuple | None = None
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
@@ -240,6 +242,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}")
     need(isinstance(cfg.lr_warmup_steps, int) and cfg.lr_warmup_steps >= 0,
          f"--lr-warmup-steps must be a whole number >= 0, got {cfg.lr_warmup_steps}")
+    need(isinstance(cfg.lr_decay_steps, int) and 0 <= cfg.lr_decay_steps <= cfg.steps,
+         f"--lr-decay-steps must be a whole number in [0, steps], got {cfg.lr_decay_steps}")
     need(len(cfg.betas) == 2 and all(0 <= b < 1 for b in cfg.betas),
          f"betas must be two numbers in [0, 1), got {cfg.betas}")
     for k in ("clip_grad_norm", "clip_grad_value"):

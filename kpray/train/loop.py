@@ -96,10 +96,16 @@ def _gather(obj, world: int) -> list:
     return out
 
 
-def warmup_lr(lr: float, warmup_steps: int, step: int) -> float:
+def warmup_lr(lr: float, warmup_steps: int, step: int, decay_steps: int = 0,
+              total_steps: int = 0) -> float:
     """The learning rate of the update made at ``step`` (0-based): ``lr * (step + 1) / N`` for
-    the first N = ``warmup_steps`` steps, then ``lr`` (N = 0: always ``lr``). A function of the
-    step alone, so a resumed run continues the same schedule."""
+    the first N = ``warmup_steps`` steps, then ``lr`` (N = 0: always ``lr``); over the last
+    D = ``decay_steps`` of ``total_steps`` it falls on a half cosine, ``lr * (1 + cos(pi *
+    (step - (total - D) + 1) / D)) / 2`` (the last update gets 0; D = 0: no decay). A function
+    of the step alone, so a resumed run continues the same schedule."""
+    if decay_steps > 0 and step >= total_steps - decay_steps:
+        t = (step - (total_steps - decay_steps) + 1) / decay_steps
+        lr = lr * (1 + math.cos(math.pi * min(1.0, t))) / 2
     if warmup_steps <= 0 or step >= warmup_steps:
         return lr
     return lr * (step + 1) / warmup_steps
@@ -259,7 +265,7 @@ def train_func(config: dict) -> None:
             error = f"non-finite gradient at step {step}: grad norm = {gnorm}"
             break
         for g in optimizer.param_groups:
-            g["lr"] = warmup_lr(cfg.lr, cfg.lr_warmup_steps, step)
+            g["lr"] = warmup_lr(cfg.lr, cfg.lr_warmup_steps, step, cfg.lr_decay_steps, cfg.steps)
         optimizer.step()
         step += 1
         if cfg.step_sleep_s:
