@@ -411,6 +411,31 @@ def test_near_and_length_move_the_points_only_when_asked(moves):
         assert (g is not None and g.abs().sum() > 0) == moves, k
 
 
+def test_structure_points_gain_scales_only_the_gradient_on_the_points():
+    """structure_points_gain g: near + length have the same value, the same gradient on the
+    links, and g times the gradient on the point coordinates."""
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    grads, values = {}, {}
+    for gain in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = tiny_skeleton(structure_moves_points=True, structure_points_gain=gain,
+                              psi_target="loss", gumbel_noise=False)
+        out = model.run(src, tgt, step=0)
+        for k in ("source_points", "target_points", "links"):
+            out[k].retain_grad()
+        terms = model.loss_terms(out, tgt)
+        values[gain] = float(terms["near"] + terms["length"])
+        (terms["near"] + terms["length"]).backward()
+        grads[gain] = {k: out[k].grad.clone() for k in ("source_points", "target_points", "links")}
+    assert values[0.1] == pytest.approx(values[1.0], rel=1e-6)
+    assert torch.allclose(grads[0.1]["links"], grads[1.0]["links"], rtol=1e-5, atol=1e-8)
+    for k in ("source_points", "target_points"):
+        assert grads[1.0][k].abs().sum() > 0
+        assert torch.allclose(grads[0.1][k], 0.1 * grads[1.0][k], rtol=1e-4, atol=1e-9), k
+    with pytest.raises(ValueError, match="structure_points_gain"):
+        tiny_skeleton(structure_points_gain=-1.0)
+
+
 def test_skeleton_optimisation_lowers_loss():
     torch.manual_seed(0)
     model = tiny_skeleton(lr=5e-3)

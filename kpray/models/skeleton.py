@@ -102,6 +102,13 @@ class SkeletonConfig:
     structure_moves_points: bool = False  # open: False stops the gradients of near and length at
                                          # the point coordinates (they still reach pi through
                                          # psi's input maps), so they cannot pull points together
+    structure_points_gain: float = 1.0  # with structure_moves_points: the gradient of near and
+    #                                    length reaching the point coordinates is scaled by this
+    #                                    (1 = the paper: every loss at its weight). At 1 they
+    #                                    outweigh the reconstruction on pi by ~1000x at the
+    #                                    start and drive the points off the object
+    #                                    (docs/benchmarks.md); length is what asks a point to keep
+    #                                    its place on the body from frame to frame
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
@@ -392,6 +399,11 @@ def neural_point_transport(source: torch.Tensor, source_maps: torch.Tensor,
 
 # ---------------------------------------------------------------- the structure losses
 
+def scale_gradient(x: torch.Tensor, gain: float) -> torch.Tensor:
+    """x unchanged in the forward pass; its gradient times ``gain`` in the backward pass."""
+    return x.detach() + gain * (x - x.detach())
+
+
 def link_coverages(c: SkeletonConfig, source_maps, target_maps, source_points,
                    target_points) -> list[torch.Tensor]:
     """delta^f [B, E] of eq. 7 for f = source, target (no gradient)."""
@@ -410,6 +422,8 @@ def structure_terms(c: SkeletonConfig, links: torch.Tensor, source_maps: torch.T
     ps, pt = source_points, target_points
     if not c.structure_moves_points:
         ps, pt = ps.detach(), pt.detach()
+    elif c.structure_points_gain != 1.0:
+        ps, pt = (scale_gradient(x, c.structure_points_gain) for x in (ps, pt))
     sparse_links, sparse_joints = L.sparse_losses(links, c.sparse_p, c.sparse_links_normalise,
                                                  c.sparse_joints_normalise)
     if coverage is None:
@@ -493,6 +507,9 @@ class SkeletonModel(nn.Module):
     def __init__(self, config: SkeletonConfig):
         super().__init__()
         self.config = c = config
+        if not 0 <= c.structure_points_gain < float("inf"):
+            raise ValueError(f"structure_points_gain must be a number >= 0, got "
+                             f"{c.structure_points_gain}")
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
         self.psi = make_psi(c)
         self.background = BackgroundNet(c.background_width, c.background_latent)
