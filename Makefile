@@ -35,6 +35,7 @@ demo: setup
 # render DATASET (its own preset, 64x64), train for LEARN_STEPS, then evaluate the newest
 # checkpoint on the test split (OUT/metrics.json) and compare it with the untrained model, the
 # best constant skeleton on the same points and the paper (OUT/comparison.md). Rerunning resumes.
+# SKELETON_SET adds training flags, e.g. SKELETON_SET='--set structure_moves_points=true'.
 DATASET ?= cartpoles
 SEED ?= 0
 OUT ?= runs/learn-skeleton
@@ -42,6 +43,7 @@ PRESET ?= $(DATASET)
 LEARN_STEPS ?= 2000
 LEARN_EPISODES ?= 300
 LEARN_TEST_EPISODES ?= 30
+SKELETON_SET ?=
 SKELETON_RECIPE := --points 16 --set pi_width=16 --set psi_width=16 --set background_width=16 \
 	--set ramp_steps=0 --set near_exclude_endpoints=true --set 'weights={"sparse_joints":1.0}'
 learn-skeleton: setup
@@ -50,7 +52,7 @@ learn-skeleton: setup
 	    --workers 2 --no-progress --out $(OUT)/data
 	$(PY) jobs/train_skeleton.py --data $(OUT)/data --preset $(PRESET) --workers 1 --cpus-per-worker 2 \
 	    --steps $(LEARN_STEPS) --checkpoint-every 250 --preview-every 250 --val-episodes 12 \
-	    --seed $(SEED) $(SKELETON_RECIPE) --name train --storage $(abspath $(OUT))
+	    --seed $(SEED) $(SKELETON_RECIPE) $(SKELETON_SET) --name train --storage $(abspath $(OUT))
 	$(PY) jobs/evaluate.py --checkpoint $(OUT)/train --data $(OUT)/data --out $(OUT)
 	$(PY) jobs/compare_skeleton.py --checkpoint $(OUT)/train --data $(OUT)/data --out $(OUT)
 
