@@ -411,29 +411,36 @@ def test_near_and_length_move_the_points_only_when_asked(moves):
         assert (g is not None and g.abs().sum() > 0) == moves, k
 
 
-def test_structure_points_gain_scales_only_the_gradient_on_the_points():
-    """structure_points_gain g: near + length have the same value, the same gradient on the
-    links, and g times the gradient on the point coordinates."""
+@pytest.mark.parametrize("term", ["near", "length"])
+def test_points_gain_scales_only_its_terms_gradient_on_the_points(term):
+    """near_points_gain / length_points_gain g: the term has the same value and the same
+    gradient on the links, and g times the gradient on the point coordinates; the other
+    term is untouched."""
     src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    other = "length" if term == "near" else "near"
     grads, values = {}, {}
     for gain in (1.0, 0.1):
         torch.manual_seed(0)
-        model = tiny_skeleton(structure_moves_points=True, structure_points_gain=gain,
-                              psi_target="loss", gumbel_noise=False)
-        out = model.run(src, tgt, step=0)
-        for k in ("source_points", "target_points", "links"):
-            out[k].retain_grad()
-        terms = model.loss_terms(out, tgt)
-        values[gain] = float(terms["near"] + terms["length"])
-        (terms["near"] + terms["length"]).backward()
-        grads[gain] = {k: out[k].grad.clone() for k in ("source_points", "target_points", "links")}
-    assert values[0.1] == pytest.approx(values[1.0], rel=1e-6)
-    assert torch.allclose(grads[0.1]["links"], grads[1.0]["links"], rtol=1e-5, atol=1e-8)
-    for k in ("source_points", "target_points"):
-        assert grads[1.0][k].abs().sum() > 0
-        assert torch.allclose(grads[0.1][k], 0.1 * grads[1.0][k], rtol=1e-4, atol=1e-9), k
-    with pytest.raises(ValueError, match="structure_points_gain"):
-        tiny_skeleton(structure_points_gain=-1.0)
+        model = tiny_skeleton(structure_moves_points=True, psi_target="loss", gumbel_noise=False,
+                              l_min=0.5, l_max=0.6,        # most links out of range: length acts
+                              **{f"{term}_points_gain": gain})
+        for t in (term, other):
+            out = model.run(src, tgt, step=0)
+            for k in ("source_points", "target_points", "links"):
+                out[k].retain_grad()
+            loss = model.loss_terms(out, tgt)[t]
+            values[gain, t] = float(loss)
+            loss.backward()
+            grads[gain, t] = {k: out[k].grad.clone()
+                              for k in ("source_points", "target_points", "links")}
+    for t, g in ((term, 0.1), (other, 1.0)):
+        assert values[0.1, t] == pytest.approx(values[1.0, t], rel=1e-6)
+        assert torch.allclose(grads[0.1, t]["links"], grads[1.0, t]["links"], rtol=1e-5, atol=1e-8)
+        for k in ("source_points", "target_points"):
+            assert grads[1.0, t][k].abs().sum() > 0
+            assert torch.allclose(grads[0.1, t][k], g * grads[1.0, t][k], rtol=1e-4, atol=1e-9), (t, k)
+    with pytest.raises(ValueError, match=f"{term}_points_gain"):
+        tiny_skeleton(**{f"{term}_points_gain": -1.0})
 
 
 def test_skeleton_optimisation_lowers_loss():

@@ -102,13 +102,13 @@ class SkeletonConfig:
     structure_moves_points: bool = False  # open: False stops the gradients of near and length at
                                          # the point coordinates (they still reach pi through
                                          # psi's input maps), so they cannot pull points together
-    structure_points_gain: float = 1.0  # with structure_moves_points: the gradient of near and
-    #                                    length reaching the point coordinates is scaled by this
-    #                                    (1 = the paper: every loss at its weight). At 1 they
-    #                                    outweigh the reconstruction on pi by ~1000x at the
-    #                                    start and drive the points off the object
-    #                                    (docs/benchmarks.md); length is what asks a point to keep
-    #                                    its place on the body from frame to frame
+    near_points_gain: float = 1.0   # with structure_moves_points: the gradients of near and of
+    length_points_gain: float = 1.0  # length on the point coordinates are scaled by these (1 =
+    #                                  the paper: every loss at its weight). At 1 they outweigh
+    #                                  the reconstruction on pi ~1000x at the start and drive the
+    #                                  points off the object (docs/benchmarks.md). Length is the
+    #                                  term that asks a point to keep its place on the body from
+    #                                  frame to frame; near pulls points onto links
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
@@ -404,6 +404,10 @@ def scale_gradient(x: torch.Tensor, gain: float) -> torch.Tensor:
     return x.detach() + gain * (x - x.detach())
 
 
+def _gained(ps: torch.Tensor, pt: torch.Tensor, gain: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return (ps, pt) if gain == 1.0 else (scale_gradient(ps, gain), scale_gradient(pt, gain))
+
+
 def link_coverages(c: SkeletonConfig, source_maps, target_maps, source_points,
                    target_points) -> list[torch.Tensor]:
     """delta^f [B, E] of eq. 7 for f = source, target (no gradient)."""
@@ -422,19 +426,17 @@ def structure_terms(c: SkeletonConfig, links: torch.Tensor, source_maps: torch.T
     ps, pt = source_points, target_points
     if not c.structure_moves_points:
         ps, pt = ps.detach(), pt.detach()
-    elif c.structure_points_gain != 1.0:
-        ps, pt = (scale_gradient(x, c.structure_points_gain) for x in (ps, pt))
     sparse_links, sparse_joints = L.sparse_losses(links, c.sparse_p, c.sparse_links_normalise,
                                                  c.sparse_joints_normalise)
     if coverage is None:
         coverage = link_coverages(c, source_maps, target_maps, ps, pt)
     return {
-        "near": L.near_loss(links, ps, pt, c.near_scale, c.near_temperature, c.near_exclude_endpoints,
+        "near": L.near_loss(links, *_gained(ps, pt, c.near_points_gain), c.near_scale, c.near_temperature, c.near_exclude_endpoints,
                             c.near_endpoint_credit, c.near_max),
         "sparse_joints": sparse_joints,
         "sparse_links": sparse_links,
         "uniform": L.uniform_loss(links, coverage, c.uniform_alpha),
-        "length": L.length_loss(links, ps, pt, c.l_min, c.l_max),
+        "length": L.length_loss(links, *_gained(ps, pt, c.length_points_gain), c.l_min, c.l_max),
     }
 
 
@@ -507,9 +509,9 @@ class SkeletonModel(nn.Module):
     def __init__(self, config: SkeletonConfig):
         super().__init__()
         self.config = c = config
-        if not 0 <= c.structure_points_gain < float("inf"):
-            raise ValueError(f"structure_points_gain must be a number >= 0, got "
-                             f"{c.structure_points_gain}")
+        for k in ("near_points_gain", "length_points_gain"):
+            if not 0 <= getattr(c, k) < float("inf"):
+                raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
         self.psi = make_psi(c)
         self.background = BackgroundNet(c.background_width, c.background_latent)
