@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TERMS = ("recon", "contiguity", "near", "sparse_joints", "sparse_links", "uniform", "length", "psi_fit")
+TERMS = ("recon", "contiguity", "near", "sparse_joints", "sparse_links", "uniform", "length", "psi_fit",
+         "rigidity")
 
 
 def main(argv=None) -> int:

@@ -116,6 +116,20 @@ def test_length_loss_hand_case():
     assert torch.isclose(value, torch.tensor(0.5 * (0.05 + 0.6)), atol=1e-5)
 
 
+def test_rigidity_loss_hand_case():
+    # three points; link 0-1 keeps length 0.3 (rigid), link 1-2 grows from 0.4 to 0.5
+    pts_s = torch.tensor([[[0.0, 0.0], [0.3, 0.0], [0.3, 0.4]]])
+    pts_t = torch.tensor([[[0.0, 0.0], [0.0, 0.3], [0.3, 0.7]]])
+    s = links_matrix(3, {(0, 1): 1.0, (1, 2): 0.5, (0, 2): 0.0})
+    value = L.rigidity_loss(s, pts_s, pts_t)
+    assert torch.isclose(value, torch.tensor(0.5 * 0.1), atol=1e-5)
+    # the gradient on a link's probability is its length change: 0 for the rigid link
+    s.requires_grad_(True)
+    L.rigidity_loss(s, pts_s, pts_t).backward()
+    assert s.grad[0, 0, 1] == pytest.approx(0.0, abs=1e-5)
+    assert s.grad[0, 1, 2] == pytest.approx(0.1, abs=1e-5)
+
+
 def test_presets_and_ramp():
     assert set(L.PRESETS) == {"spiders", "spiders0shot", "mwhc", "cartpoles", "swimmers", "human36m"}
     assert L.PRESETS["swimmers"].sparse_links == 7000 and L.PRESETS["human36m"].sparse_joints == 0.0002

@@ -443,6 +443,22 @@ def test_points_gain_scales_only_its_terms_gradient_on_the_points(term):
         tiny_skeleton(**{f"{term}_points_gain": -1.0})
 
 
+def test_rigidity_term_joins_the_loss_only_when_weighted():
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)
+    off = tiny_skeleton(gumbel_noise=False)
+    _, terms = off((src, tgt), step=0)
+    assert "rigidity" not in terms
+    torch.manual_seed(0)
+    on = tiny_skeleton(gumbel_noise=False, rigidity_weight=2.0)
+    loss_on, terms = on((src, tgt), step=0)
+    loss_off, _ = off((src, tgt), step=0)
+    assert terms["rigidity"] > 0
+    assert float(loss_on) == pytest.approx(float(loss_off) + 2.0 * float(terms["rigidity"]), rel=1e-5)
+    with pytest.raises(ValueError, match="rigidity_weight"):
+        tiny_skeleton(rigidity_weight=-1.0)
+
+
 def test_skeleton_optimisation_lowers_loss():
     torch.manual_seed(0)
     model = tiny_skeleton(lr=5e-3)

@@ -231,6 +231,17 @@ def length_loss(links: torch.Tensor, source_points: torch.Tensor, target_points:
     return total
 
 
+def rigidity_loss(links: torch.Tensor, source_points: torch.Tensor,
+                  target_points: torch.Tensor) -> torch.Tensor:
+    """sum_ij S_ij |l^source_ij - l^target_ij|: a link is rigid, so its two points keep their
+    distance from one frame of a pair to the other (not in the paper; ``rigidity_weight``).
+    links [B, P, P], points [B, P, 2] normalised; summed over pairs i < j, mean over the batch."""
+    i, j = upper_pairs(links.shape[-1], links.device)
+    lengths = [((p[:, i] - p[:, j]).pow(2).sum(-1) + 1e-12).sqrt()
+               for p in (source_points, target_points)]                         # [B, E] each
+    return (links[:, i, j] * (lengths[0] - lengths[1]).abs()).sum(-1).mean()
+
+
 # ---------------------------------------------------------------- weights, supplementary VIII-b
 
 @dataclass(frozen=True)

@@ -65,6 +65,15 @@ class SkeletonConfig:
                                     # skeleton for every image)
     psi_fit_lr: float = 0.4         # open: its learning rate
     psi_fit_weight: float = 1.0     # open: weight of psi_fit in the total loss
+    # rigidity (not in the paper; 0 = off): weight of L.rigidity_loss, sum_ij S_ij |l^source_ij -
+    # l^target_ij|. Nothing in eqs. 1-8 asks a point to stay on the same part of the body from
+    # frame to frame (on a one-colour body any order of the points along it reconstructs
+    # alike; length only bounds a link's length), so points match the true joints frame by
+    # frame but not over a video (docs/benchmarks.md). A link's two points keeping their
+    # distance is what a rigid link means; it trains psi (link only rigid pairs) and moves
+    # the points, by rigidity_points_gain times its gradient
+    rigidity_weight: float = 0.0
+    rigidity_points_gain: float = 1.0
     link_grad_floor: float = 0.0    # open: least slope of the link sigmoid in backward; 0: plain
                                     # sigmoid (links saturate at 0/1 within 50 steps and stop
                                     # learning)
@@ -509,7 +518,8 @@ class SkeletonModel(nn.Module):
     def __init__(self, config: SkeletonConfig):
         super().__init__()
         self.config = c = config
-        for k in ("near_points_gain", "length_points_gain"):
+        for k in ("near_points_gain", "length_points_gain", "rigidity_weight",
+                  "rigidity_points_gain"):
             if not 0 <= getattr(c, k) < float("inf"):
                 raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
@@ -533,6 +543,8 @@ class SkeletonModel(nn.Module):
         loss = L.total_loss(terms, c.loss_weights(), step, c.ramp_steps)
         if "psi_fit" in terms:
             loss = loss + c.psi_fit_weight * terms["psi_fit"]
+        if "rigidity" in terms:
+            loss = loss + c.rigidity_weight * terms["rigidity"]
         logs = {k: v.detach() for k, v in terms.items()}
         hard = out["links"].detach() >= c.link_threshold
         logs.update(gumbel_tau=torch.tensor(out["tau"]),
@@ -577,6 +589,8 @@ class SkeletonModel(nn.Module):
         elif c.psi_target != "loss":
             raise ValueError(f"psi_target must be 'loss' or 'fit', got {c.psi_target!r}")
         terms.update(structure_terms(c, links, *maps, *pts))
+        if c.rigidity_weight > 0:
+            terms["rigidity"] = L.rigidity_loss(links, *_gained(*pts, c.rigidity_points_gain))
         return terms
 
     def configure_optimizer(self) -> torch.optim.Optimizer:

@@ -18,7 +18,7 @@ class SkeletonAdapter(Adapter):
     sample_mode = "pair"
     images_per_sample = 2
     loss_terms = ("recon", "contiguity", "near", "sparse_joints", "sparse_links", "uniform",
-                  "length", "psi_fit")
+                  "length", "psi_fit", "rigidity")
 
     def make_config(self, preset, overrides):
         from kpray.models import skeleton as S
@@ -115,7 +115,7 @@ class SkeletonAdapter(Adapter):
         out = model.run(src, tgt, step=step)
         terms = model.loss_terms(out, tgt)
         weights = {**effective_weights(c.loss_weights(), step, c.ramp_steps),
-                   "psi_fit": c.psi_fit_weight}
+                   "psi_fit": c.psi_fit_weight, "rigidity": c.rigidity_weight}
         nets = {"pi": [p for p in model.pi.parameters() if p.requires_grad],
                 "psi": [p for p in model.psi.parameters() if p.requires_grad]}
         res = {}
