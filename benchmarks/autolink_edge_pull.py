@@ -16,7 +16,9 @@ On every ``--every``-th frame of ``--episodes`` test episodes, with ``--repeats`
   edge on the background.
 
 Run at the end of the keypoint hold (``keypoint_delay_steps``) it shows which way a run will
-go (docs/benchmarks.md, "The sign of the decoder's response to the edges").
+go (docs/benchmarks.md, "The sign of the decoder's response to the edges"). With
+``--untrained-seeds 0,1,2`` it measures instead the model each seed starts from (the checkpoint
+gives only the config), where the sign is already set ("The edge sign chosen at the start").
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ def parse_args(argv=None):
     ap.add_argument("--episodes", type=int, default=12, help="test episodes used")
     ap.add_argument("--every", type=int, default=8, help="every n-th frame of each episode")
     ap.add_argument("--repeats", type=int, default=4, help="random masks per frame")
+    ap.add_argument("--untrained-seeds", metavar="S,S,...",
+                    help="instead: the model of each checkpoint's config as training builds it "
+                         "with each of these seeds, before any update (the start's edge response)")
     return ap.parse_args(argv)
 
 
@@ -100,6 +105,18 @@ def main(argv=None) -> int:
     print("| checkpoint | step | off-body keypoints | pull: mean cosine (fraction > 0) "
           "| edge response |")
     print("| --- | --- | --- | --- | --- |")
+    if args.untrained_seeds:
+        from kpray.train.loop import seed_everything
+
+        for ck, (_, adapter, cfg, _) in models:
+            for seed in (int(x) for x in args.untrained_seeds.split(",")):
+                seed_everything(seed)                          # as rank 0 of a run with this seed
+                model = adapter.build(cfg).eval()
+                r = edge_pull(model, frames, masks, args.repeats, 0)
+                print(f"| {ck}, untrained, seed {seed} | 0 | {r['off_body']:.2f} | "
+                      f"{r['pull_mean']:+.2f} ({r['pull_positive']:.2f}, n = {r['n_off']}) | "
+                      f"{r['edge_response']:+.3f} |")
+        return 0
     for ck, (model, _, _, state) in models:
         r = edge_pull(model, frames, masks, args.repeats, state["step"])
         print(f"| {ck} | {state['step']} | {r['off_body']:.2f} | {r['pull_mean']:+.2f} "
