@@ -307,3 +307,23 @@ def test_psi_on_oracle_points_follows_the_body():
     # "loss") gave 3 and 7.5 here
     assert np.mean(links[1]) <= 1.5 and 2 <= np.mean(links[3]) <= 5, links
     assert history[-1]["links_std"] > 0                                       # varies over a batch
+
+
+def test_identity_report_separates_covering_from_keeping():
+    """Two points that swap joints between two frames cover both joints in every frame
+    (recall 1 matched per frame) but keep neither over the video (recall 0.5 with one matching
+    per video, as the joint metrics match); points that stay keep both."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "skeleton_identity.py"
+    spec = importlib.util.spec_from_file_location("skeleton_identity", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    joints = np.array([[[10, 10], [50, 50]]] * 2, float)                     # [T=2, J=2, 2]
+    swapped = np.array([[[10, 10], [50, 50]], [[50, 50], [10, 10]]], float)
+    r = mod.identity_report(swapped, joints, 64, eps=0.15)
+    assert np.allclose(r["covered"], 1.0) and not r["kept"].any()
+    assert r["recall_frame"] == 1.0 and r["recall_video"] == 0.5
+    r = mod.identity_report(joints + 1.0, joints, 64, eps=0.15)              # 1 px off, kept
+    assert r["kept"].all() and r["recall_frame"] == 1.0 and r["recall_video"] == 1.0
