@@ -455,6 +455,20 @@ def test_rigidity_term_joins_the_loss_only_when_weighted():
     loss_off, _ = off((src, tgt), step=0)
     assert terms["rigidity"] > 0
     assert float(loss_on) == pytest.approx(float(loss_off) + 2.0 * float(terms["rigidity"]), rel=1e-5)
+    torch.manual_seed(0)
+    late = tiny_skeleton(gumbel_noise=False, rigidity_weight=2.0, rigidity_start_step=5)
+    assert float(late((src, tgt), step=4)[0]) == pytest.approx(float(off((src, tgt), step=4)[0]),
+                                                               rel=1e-5)
+    assert float(late((src, tgt), step=5)[0]) == pytest.approx(float(on((src, tgt), step=5)[0]),
+                                                               rel=1e-5)
+    # rigidity_trains_psi=False: the term's value is the same, its gradient reaches no link
+    for trains in (True, False):
+        torch.manual_seed(0)
+        m = tiny_skeleton(gumbel_noise=False, rigidity_weight=2.0, rigidity_trains_psi=trains)
+        out = m.run(src, tgt, step=0)
+        out["links"].retain_grad()
+        m.loss_terms(out, tgt)["rigidity"].backward()
+        assert (out["links"].grad is not None and out["links"].grad.abs().sum() > 0) == trains
     with pytest.raises(ValueError, match="rigidity_weight"):
         tiny_skeleton(rigidity_weight=-1.0)
 

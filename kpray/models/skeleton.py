@@ -74,6 +74,8 @@ class SkeletonConfig:
     # the points, by rigidity_points_gain times its gradient
     rigidity_weight: float = 0.0
     rigidity_points_gain: float = 1.0
+    rigidity_start_step: int = 0    # the term joins the loss at this step (points settled first)
+    rigidity_trains_psi: bool = True  # False: psi's links enter it detached (it cannot drop them)
     link_grad_floor: float = 0.0    # open: least slope of the link sigmoid in backward; 0: plain
                                     # sigmoid (links saturate at 0/1 within 50 steps and stop
                                     # learning)
@@ -519,7 +521,7 @@ class SkeletonModel(nn.Module):
         super().__init__()
         self.config = c = config
         for k in ("near_points_gain", "length_points_gain", "rigidity_weight",
-                  "rigidity_points_gain"):
+                  "rigidity_points_gain", "rigidity_start_step"):
             if not 0 <= getattr(c, k) < float("inf"):
                 raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
@@ -543,7 +545,7 @@ class SkeletonModel(nn.Module):
         loss = L.total_loss(terms, c.loss_weights(), step, c.ramp_steps)
         if "psi_fit" in terms:
             loss = loss + c.psi_fit_weight * terms["psi_fit"]
-        if "rigidity" in terms:
+        if "rigidity" in terms and step >= c.rigidity_start_step:
             loss = loss + c.rigidity_weight * terms["rigidity"]
         logs = {k: v.detach() for k, v in terms.items()}
         hard = out["links"].detach() >= c.link_threshold
@@ -590,7 +592,8 @@ class SkeletonModel(nn.Module):
             raise ValueError(f"psi_target must be 'loss' or 'fit', got {c.psi_target!r}")
         terms.update(structure_terms(c, links, *maps, *pts))
         if c.rigidity_weight > 0:
-            terms["rigidity"] = L.rigidity_loss(links, *_gained(*pts, c.rigidity_points_gain))
+            terms["rigidity"] = L.rigidity_loss(links if c.rigidity_trains_psi else links.detach(),
+                                                *_gained(*pts, c.rigidity_points_gain))
         return terms
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
