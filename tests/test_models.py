@@ -429,7 +429,7 @@ def test_points_gain_scales_only_its_terms_gradient_on_the_points(term):
             for k in ("source_points", "target_points", "links"):
                 out[k].retain_grad()
             loss = model.loss_terms(out, tgt)[t]
-            values[gain, t] = float(loss)
+            values[gain, t] = float(loss.detach())
             loss.backward()
             grads[gain, t] = {k: out[k].grad.clone()
                               for k in ("source_points", "target_points", "links")}

@@ -100,7 +100,7 @@ def test_autolink_two_workers_uneven_shards_do_not_hang(ray_session, shards, tmp
     lrs = [(e.step, e.value) for e in ev.Scalars("train/lr")]
     assert [s for s, _ in lrs] == [1, 2, 3, 4]
     assert [v for _, v in lrs] == pytest.approx([cfg.lr / 3, cfg.lr * 2 / 3, cfg.lr / 2, 0],
-                                                abs=1e-12)
+                                                rel=1e-6, abs=1e-12)   # float32 in TensorBoard
     # validation of the untrained model (step 0), then at every checkpoint
     assert [e.step for e in ev.Scalars("val/regression_error")] == [0, 2, 4]
 
