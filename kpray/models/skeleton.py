@@ -71,7 +71,8 @@ class SkeletonConfig:
     # alike; length only bounds a link's length), so points match the true joints frame by
     # frame but not over a video (docs/benchmarks.md). A link's two points keeping their
     # distance is what a rigid link means; it trains psi (link only rigid pairs) and moves
-    # the points, by rigidity_points_gain times its gradient
+    # the points, by rigidity_points_gain times its gradient. Measured: the joints track
+    # each other better (consistency 0.52 -> 0.76) but leave the true joints; not in a recipe
     rigidity_weight: float = 0.0
     rigidity_points_gain: float = 1.0
     rigidity_start_step: int = 0    # the term joins the loss at this step (points settled first)
@@ -116,10 +117,12 @@ class SkeletonConfig:
     near_points_gain: float = 1.0   # with structure_moves_points: the gradients of near and of
     length_points_gain: float = 1.0  # length on the point coordinates are scaled by these (1 =
     #                                  the paper: every loss at its weight). At 1 they outweigh
-    #                                  the reconstruction on pi ~1000x at the start and drive the
-    #                                  points off the object (docs/benchmarks.md). Length is the
-    #                                  term that asks a point to keep its place on the body from
-    #                                  frame to frame; near pulls points onto links
+    #                                  the reconstruction on pi ~1000x at the start; even at
+    #                                  0.001 they drew the points off the object within 250
+    #                                  steps (docs/benchmarks.md, "Points cover the joints").
+    #                                  Near, with the source's links on the target's points too,
+    #                                  is what ties a point's place from frame to frame; length
+    #                                  only bounds a link's length
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
@@ -442,8 +445,9 @@ def structure_terms(c: SkeletonConfig, links: torch.Tensor, source_maps: torch.T
     if coverage is None:
         coverage = link_coverages(c, source_maps, target_maps, ps, pt)
     return {
-        "near": L.near_loss(links, *_gained(ps, pt, c.near_points_gain), c.near_scale, c.near_temperature, c.near_exclude_endpoints,
-                            c.near_endpoint_credit, c.near_max),
+        "near": L.near_loss(links, *_gained(ps, pt, c.near_points_gain), c.near_scale,
+                            c.near_temperature, c.near_exclude_endpoints, c.near_endpoint_credit,
+                            c.near_max),
         "sparse_joints": sparse_joints,
         "sparse_links": sparse_links,
         "uniform": L.uniform_loss(links, coverage, c.uniform_alpha),
