@@ -539,6 +539,18 @@ class SkeletonModel(nn.Module):
         f = min(1.0, max(0, step) / c.gumbel_anneal_steps)
         return c.gumbel_tau_start * (c.gumbel_tau_end / c.gumbel_tau_start) ** f
 
+    def term_weights(self, step: int) -> dict[str, float]:
+        """The weight at ``step`` of each term ``loss_terms`` returns: the paper's terms (ramped,
+        ``L.effective_weights``), then ``psi_fit`` (with ``psi_target="fit"``) and ``rigidity``
+        (with ``rigidity_weight`` > 0; 0 before ``rigidity_start_step``)."""
+        c = self.config
+        w = L.effective_weights(c.loss_weights(), step, c.ramp_steps)
+        if c.psi_target == "fit":
+            w["psi_fit"] = c.psi_fit_weight
+        if c.rigidity_weight > 0:
+            w["rigidity"] = c.rigidity_weight if step >= c.rigidity_start_step else 0.0
+        return w
+
     def forward(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:
         """batch: (source [B, 3, H, W], target [B, 3, H, W]) float in [0, 1], two frames of one
         episode. -> (total loss, terms): terms holds every weighted loss term (detached,
@@ -546,11 +558,8 @@ class SkeletonModel(nn.Module):
         out = self.run(*batch, step=step)
         c = self.config
         terms = self.loss_terms(out, batch[1])
-        loss = L.total_loss(terms, c.loss_weights(), step, c.ramp_steps)
-        if "psi_fit" in terms:
-            loss = loss + c.psi_fit_weight * terms["psi_fit"]
-        if "rigidity" in terms and step >= c.rigidity_start_step:
-            loss = loss + c.rigidity_weight * terms["rigidity"]
+        w = self.term_weights(step)
+        loss = sum(w[k] * terms[k] for k in w)
         logs = {k: v.detach() for k, v in terms.items()}
         hard = out["links"].detach() >= c.link_threshold
         logs.update(gumbel_tau=torch.tensor(out["tau"]),

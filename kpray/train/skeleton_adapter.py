@@ -104,8 +104,6 @@ class SkeletonAdapter(Adapter):
         (mean |z|) and ``psi_z_batch_std`` (std over the batch, mean over pairs: 0 when the
         links do not depend on the image); ``links_batch_std`` (std over the batch of the number
         of links >= the threshold). BatchNorm statistics are restored afterwards."""
-        from kpray.losses.skeleton import effective_weights
-
         c = model.config
         saved = {k: v.clone() for k, v in model.state_dict().items()
                  if "running_" in k or "num_batches" in k}
@@ -114,8 +112,7 @@ class SkeletonAdapter(Adapter):
         src, tgt = batch["source"], batch["target"]
         out = model.run(src, tgt, step=step)
         terms = model.loss_terms(out, tgt)
-        weights = {**effective_weights(c.loss_weights(), step, c.ramp_steps),
-                   "psi_fit": c.psi_fit_weight, "rigidity": c.rigidity_weight}
+        weights = model.term_weights(step)
         nets = {"pi": [p for p in model.pi.parameters() if p.requires_grad],
                 "psi": [p for p in model.psi.parameters() if p.requires_grad]}
         res = {}
