@@ -197,12 +197,12 @@ def test_cli_flags_reach_the_config(shards, tmp_path):
     assert cfg.lr_warmup_steps == 250 and cfg.lr_decay_steps == 100
 
 
-def test_warmup_lr_by_hand():
-    from kpray.train.loop import warmup_lr
+def test_scheduled_lr_by_hand():
+    from kpray.train.loop import scheduled_lr
 
-    assert [warmup_lr(1e-3, 4, s) for s in range(6)] == pytest.approx(
+    assert [scheduled_lr(1e-3, 4, s) for s in range(6)] == pytest.approx(
         [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
-    assert warmup_lr(1e-3, 0, 0) == 1e-3 and warmup_lr(1e-3, 1, 0) == 1e-3
+    assert scheduled_lr(1e-3, 0, 0) == 1e-3 and scheduled_lr(1e-3, 1, 0) == 1e-3
     # a half cosine over the last 4 of 10 steps: cos(pi t) for t = 1/4 .. 1
-    assert [warmup_lr(1.0, 0, s, 4, 10) for s in range(10)] == pytest.approx(
+    assert [scheduled_lr(1.0, 0, s, 4, 10) for s in range(10)] == pytest.approx(
         [1, 1, 1, 1, 1, 1, (1 + 2 ** -0.5) / 2, 0.5, (1 - 2 ** -0.5) / 2, 0])

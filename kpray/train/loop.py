@@ -96,8 +96,8 @@ def _gather(obj, world: int) -> list:
     return out
 
 
-def warmup_lr(lr: float, warmup_steps: int, step: int, decay_steps: int = 0,
-              total_steps: int = 0) -> float:
+def scheduled_lr(lr: float, warmup_steps: int, step: int, decay_steps: int = 0,
+                 total_steps: int = 0) -> float:
     """The learning rate of the update made at ``step`` (0-based): ``lr * (step + 1) / N`` for
     the first N = ``warmup_steps`` steps, then ``lr`` (N = 0: always ``lr``); over the last
     D = ``decay_steps`` of ``total_steps`` it falls on a half cosine, ``lr * (1 + cos(pi *
@@ -265,7 +265,7 @@ def train_func(config: dict) -> None:
             error = f"non-finite gradient at step {step}: grad norm = {gnorm}"
             break
         for g in optimizer.param_groups:
-            g["lr"] = warmup_lr(cfg.lr, cfg.lr_warmup_steps, step, cfg.lr_decay_steps, cfg.steps)
+            g["lr"] = scheduled_lr(cfg.lr, cfg.lr_warmup_steps, step, cfg.lr_decay_steps, cfg.steps)
         optimizer.step()
         step += 1
         if cfg.step_sleep_s:
