@@ -157,14 +157,18 @@ def trained_model(checkpoint: str):
     return model, adapter, cfg, state
 
 
-def untrained_model(cfg):
+def untrained_model(cfg, init_choice: int | None = None):
     """The run's step-0 AutoLink, exactly (see the module docstring): ``seed_everything(cfg.seed)``
-    (rank 0's seed in ``train_func``) then ``adapter.build``; in eval mode on the CPU."""
+    (rank 0's seed in ``train_func``) then ``adapter.build``; in eval mode on the CPU.
+    ``init_choice``: the start a run with ``init_candidates`` > 1 chose at step 0 (its
+    checkpoint's ``init_choice`` buffer); that start's weights are loaded."""
     from kpray.train.loop import seed_everything
     from kpray.train.models import get_adapter
 
     seed_everything(cfg.seed)
     model = get_adapter("autolink").build(_prediction_config(cfg))
+    if init_choice is not None and init_choice >= 1:
+        model.load_state_dict(model.candidate_state(int(init_choice)))
     model.eval()
     return model
 
@@ -216,7 +220,8 @@ def compare_autolink(checkpoint: str, episodes: list[dict], data: str | None = N
     if eps is not None and not eps > 0:
         raise EvaluationError(f"--eps must be positive, got {eps}")
     trained, adapter, cfg, state = trained_model(checkpoint)
-    untrained = untrained_model(cfg)
+    choice = state["model"].get("init_choice")
+    untrained = untrained_model(cfg, None if choice is None else int(choice))
     models = {"untrained": untrained, "trained": trained}
     eps = float(eps) if eps is not None else epsilon_for(cfg, episodes)
     body = most_common_body(episodes)

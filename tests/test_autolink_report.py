@@ -112,6 +112,34 @@ def test_untrained_model_is_the_runs_step_zero(tiny_run):
     assert all(torch.equal(built[k], step0[k]) for k in step0)
 
 
+def test_untrained_model_is_the_start_init_candidates_chose(tiny_run):
+    """With init_candidates > 1 the untrained model is the start the run chose at step 0 (the
+    checkpoint's init_choice), not the seed's own: built as train_func builds it, chosen in a
+    step-0 forward, and rebuilt by untrained_model from the choice alone."""
+    from kpray.data import iter_episodes
+    from kpray.train.data import to_device
+    from kpray.train.loop import seed_everything
+    from kpray.train.models import get_adapter
+
+    root, shards, cfg = tiny_run
+    cfg = cfg.replace(model_config={**cfg.model_config, "init_candidates": 3})
+    seed_everything(cfg.seed)
+    model = get_adapter("autolink").build(cfg)
+    frames = next(iter(iter_episodes(shards, split="train")))["frames"][:4]
+    images = to_device({"x": torch.from_numpy(frames).permute(0, 3, 1, 2)}, "cpu",
+                       model.config.image_size)["x"]
+    model.train()
+    with torch.no_grad():
+        model.choose_start(images)
+    choice = int(model.init_choice)
+    chosen = model.state_dict()
+    for guess in range(3):
+        built = R.untrained_model(cfg, guess).state_dict()
+        same = all(torch.equal(built[k], chosen[k]) for k in chosen
+                   if k not in ("init_choice",))
+        assert same == (guess == choice), guess
+
+
 def _job():
     spec = importlib.util.spec_from_file_location("compare_autolink",
                                                   REPO / "jobs" / "compare_autolink.py")

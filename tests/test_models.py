@@ -315,6 +315,47 @@ def test_autolink_edge_polarity_negates_a_darkening_edge_channel(alex_random, po
         tiny_autolink(alex_random, edge_polarity=True, edge_polarity_step=-2)
 
 
+def test_autolink_init_candidates_trains_the_start_whose_edges_brighten_most(alex_random):
+    """init_candidates K: at step 0 (training mode) the model's weights become those of the
+    start with the largest edge response among its own and K - 1 fresh builds seeded
+    candidate_seed + k, each measured alone here by brute force; init_choice names it; the run's
+    own start is the K = 1 model's; no other step chooses; K = 1 adds no buffer."""
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    torch.manual_seed(11)
+    plain = tiny_autolink(alex_random)
+    assert "init_choice" not in plain.state_dict()
+    torch.manual_seed(11)
+    model = tiny_autolink(alex_random, init_candidates=4)
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(own[k], v) for k, v in plain.state_dict().items())   # drawn last
+    assert int(model.init_choice) == -1
+    responses = []
+    for k in range(4):
+        m = tiny_autolink(alex_random, init_candidates=4)
+        m.load_state_dict(own if k == 0 else model.candidate_state(k))
+        m.eval()
+        with torch.no_grad():
+            responses.append(m.edge_map_reliance(images, seed=0, step=0)["edge_response"])
+    assert len({round(r, 6) for r in responses}) == 4       # four different starts
+    best = max(range(4), key=responses.__getitem__)
+    model.train()
+    with torch.no_grad():
+        model(images, step=1)                               # not at step 1
+    assert int(model.init_choice) == -1
+    with torch.no_grad():
+        model(images, step=0)
+    assert int(model.init_choice) == best
+    want = own if best == 0 else model.candidate_state(best)
+    got = model.state_dict()
+    for k, v in want.items():
+        if "running" in k or "num_batches" in k or k == "init_choice":   # BN statistics moved
+            continue
+        assert torch.equal(got[k], v), k
+    with pytest.raises(ValueError, match="init_candidates"):
+        tiny_autolink(alex_random, init_candidates=0)
+
+
 def test_keypoint_spread_by_hand():
     from kpray.models.autolink import keypoint_spread
 

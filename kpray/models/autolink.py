@@ -109,6 +109,14 @@ class AutoLinkConfig:
     #                                the first step, before any update: then it only picks, of
     #                                the two equally likely signs of the random start (Kaiming
     #                                weights are symmetric), the one whose edges brighten
+    init_candidates: int = 1       # K > 1: at step 0, before any update, build K random starts
+    #                                (the run's own and K - 1 more, from seeds the run's seed
+    #                                fixes), measure each one's edge response on that step's
+    #                                batch (as edge_polarity does) and train the one whose edges
+    #                                brighten the reconstruction most. Not in the official code;
+    #                                1 = off. Measured on walker-parts-nobg: the start decides
+    #                                whether a run learns, not the data (docs/benchmarks.md, "Which
+    #                                start learns")
     # rotation equivariance (not in AutoLink, which trains on upright bodies; 0 = off, as in the
     # official code). Bodies that tumble (our zero-gravity walker) give keypoints that slide along
     # the body without a fixed identity; this asks detect(rotate(x)) = rotate(detect(x)) for a
@@ -172,6 +180,8 @@ def check_config(c: AutoLinkConfig) -> None:
                          f"{c.equivariance_max_angle} and {c.equivariance_max_shift}")
     if c.keypoint_delay_steps < 0:
         raise ValueError(f"keypoint_delay_steps must be >= 0, got {c.keypoint_delay_steps}")
+    if c.init_candidates < 1:
+        raise ValueError(f"init_candidates must be >= 1, got {c.init_candidates}")
     if c.edge_polarity_step < -1:
         raise ValueError(f"edge_polarity_step must be >= -1 (-1: at keypoint_delay_steps), got "
                          f"{c.edge_polarity_step}")
@@ -370,6 +380,12 @@ class AutoLink(nn.Module):
             self.edge_skip = nn.Parameter(torch.tensor(float(c.edge_skip)))
         if c.edge_polarity:                                # -1 once the edge channel is negated
             self.register_buffer("edge_sign", torch.ones(()))
+        if c.init_candidates > 1:
+            # Buffers, so that DDP gives every rank rank 0's: the seed of the other starts (drawn
+            # last, so the run's own start is the same with or without candidates) and the
+            # start trained (-1 until step 0 chooses).
+            self.register_buffer("candidate_seed", torch.randint(2 ** 31 - 1, ()))
+            self.register_buffer("init_choice", torch.full((), -1))
         # The frozen loss network is kept out of state_dict/parameters (it is not trained and is
         # large); _apply below still moves it with .to()/.cuda(). Every rank builds the same one
         # (random backbones come from a fixed seed: kpray.losses.autolink).
@@ -461,6 +477,8 @@ class AutoLink(nn.Module):
         scalars for logging: 'perceptual' (the loss), 'alpha', 'edge_weight_mean/max',
         'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
         the image side)."""
+        if self.config.init_candidates > 1 and self.training and step == 0:
+            self.choose_start(images)
         if self.config.edge_polarity and self.training and step == self.edge_polarity_at():
             self.orient_edges(images, step)
         out = self.reconstruct(images, hold_keypoints=step < self.config.keypoint_delay_steps,
@@ -483,12 +501,10 @@ class AutoLink(nn.Module):
         return c.keypoint_delay_steps if c.edge_polarity_step < 0 else c.edge_polarity_step
 
     @torch.no_grad()
-    def orient_edges(self, images: torch.Tensor, step: int | None = None) -> float:
-        """``edge_polarity``: measure the edge response (``edge_map_reliance``, eval mode) on
-        ``images`` [B, 3, S, S], averaged over DDP ranks so that every rank decides alike; if it
-        is negative, negate the decoder's first convolution's weights on the edge channel (its
-        first-order response changes sign) and flip ``edge_sign``. Returns the response before.
-        Adam's moments for those weights keep their sign and fade within ~10 steps."""
+    def mean_edge_response(self, images: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """The edge response (``edge_map_reliance``, in eval mode, masks seeded by ``step``) on
+        ``images`` [B, 3, S, S], averaged over DDP ranks so that every rank decides alike; a
+        0-d tensor."""
         was = self.training
         self.eval()
         r = torch.tensor(self.edge_map_reliance(images, seed=step or 0, step=step)["edge_response"],
@@ -497,11 +513,51 @@ class AutoLink(nn.Module):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(r)
             r /= torch.distributed.get_world_size()
+        return r
+
+    @torch.no_grad()
+    def orient_edges(self, images: torch.Tensor, step: int | None = None) -> float:
+        """``edge_polarity``: measure the edge response on ``images`` [B, 3, S, S]
+        (``mean_edge_response``); if it is negative, negate the decoder's first convolution's
+        weights on the edge channel (its first-order response changes sign) and flip
+        ``edge_sign``. Returns the response before. Adam's moments for those weights keep their
+        sign and fade within ~10 steps."""
+        r = self.mean_edge_response(images, step)
         if torch.isfinite(r) and r < 0:
             first = next(m for m in self.decoder.modules() if isinstance(m, nn.Conv2d))
             first.weight[:, 3] *= -1                   # input channels: image (3), edges, coords
             self.edge_sign *= -1
         return float(r)
+
+    def candidate_state(self, k: int) -> dict:
+        """``init_candidates``: the state dict of random start ``k`` >= 1 (the run's own start
+        is 0): a fresh AutoLink of the same config built from seed ``candidate_seed + k`` (the
+        global RNG is left as it was). The buffers that say which start was chosen are kept."""
+        base = int(self.candidate_seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(base + k)
+            other = AutoLink(self.config, perceptual=self.perceptual)
+        state = other.state_dict()
+        state["candidate_seed"], state["init_choice"] = self.candidate_seed, self.init_choice
+        return state
+
+    @torch.no_grad()
+    def choose_start(self, images: torch.Tensor) -> list[float]:
+        """``init_candidates``: measure the edge response of each of the K starts on ``images``
+        [B, 3, S, S] (``mean_edge_response``; the same on every rank) and load the one with
+        the largest (the first on ties and NaN) into this model, in place (so an optimiser and
+        DDP built on it still hold its parameters). Sets ``init_choice``; returns the K
+        responses."""
+        own = {n: t.detach().clone() for n, t in self.state_dict().items()}
+        responses = [float(self.mean_edge_response(images, 0))]
+        for k in range(1, self.config.init_candidates):
+            self.load_state_dict(self.candidate_state(k))
+            responses.append(float(self.mean_edge_response(images, 0)))
+        finite = [r if math.isfinite(r) else -math.inf for r in responses]
+        best = max(range(len(finite)), key=lambda i: (finite[i], -i))
+        self.load_state_dict(own if best == 0 else self.candidate_state(best))
+        self.init_choice.fill_(best)
+        return responses
 
     def equivariance_weight_at(self, step: int) -> float:
         """``equivariance_weight`` times min(1, step / ``equivariance_ramp_steps``)."""

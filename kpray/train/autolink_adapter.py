@@ -75,6 +75,8 @@ class AutoLinkAdapter(Adapter):
             out["edge_skip"] = float(model.edge_skip.detach())
         if hasattr(model, "edge_sign"):
             out["edge_sign"] = float(model.edge_sign)
+        if hasattr(model, "init_choice"):
+            out["init_choice"] = float(model.init_choice)
         return out
 
     def histograms(self, model):
