@@ -356,6 +356,23 @@ def test_autolink_init_candidates_trains_the_start_whose_edges_brighten_most(ale
         tiny_autolink(alex_random, init_candidates=0)
 
 
+def test_autolink_init_seed_fixes_the_start_and_leaves_the_run_rng_alone(alex_random):
+    """init_seed: the weights are those a model built right after manual_seed(init_seed) has,
+    whatever the global RNG's state, and building it leaves the global RNG where it was."""
+    torch.manual_seed(2)
+    want = tiny_autolink(alex_random).state_dict()
+    for run_seed in (0, 5):
+        torch.manual_seed(run_seed)
+        expected_next = torch.rand(3)
+        torch.manual_seed(run_seed)
+        got = tiny_autolink(alex_random, init_seed=2).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in want.items())
+        assert torch.equal(torch.rand(3), expected_next)
+    torch.manual_seed(0)
+    own = tiny_autolink(alex_random).state_dict()          # the run seed's start is another
+    assert not all(torch.equal(own[k], v) for k, v in want.items())
+
+
 def test_keypoint_spread_by_hand():
     from kpray.models.autolink import keypoint_spread
 

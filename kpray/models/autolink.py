@@ -24,7 +24,7 @@ Training API (shared with ``kpray.models.skeleton``)::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,10 @@ class AutoLinkConfig:
     #                                1 = off. Measured on walker-parts-nobg: the start decides
     #                                whether a run learns, not the data (docs/benchmarks.md, "Which
     #                                start learns")
+    init_seed: int | None = None   # the networks' random start from this seed instead of the
+    #                                run's (which then only orders the samples and draws the
+    #                                masks): separates what the start decides from what the
+    #                                sample stream does (docs/benchmarks.md, "Which start learns")
     # rotation equivariance (not in AutoLink, which trains on upright bodies; 0 = off, as in the
     # official code). Bodies that tumble (our zero-gravity walker) give keypoints that slide along
     # the body without a fixed identity; this asks detect(rotate(x)) = rotate(detect(x)) for a
@@ -357,7 +361,16 @@ class AutoLink(nn.Module):
     def __init__(self, config: AutoLinkConfig, perceptual: nn.Module | None = None):
         super().__init__()
         check_config(config)
-        self.config = c = config
+        self.config = config
+        if config.init_seed is None:
+            self._build(perceptual)
+        else:                                  # the start from its own seed; the run's RNG untouched
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.init_seed)
+                self._build(perceptual)
+
+    def _build(self, perceptual: nn.Module | None) -> None:
+        c = self.config
         k = c.num_keypoints
         if c.detector == "official":
             self.detector = OfficialDetector(k, c.detector_width, c.image_size, c.heatmap_size)
@@ -478,7 +491,11 @@ class AutoLink(nn.Module):
         'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
         the image side)."""
         if self.config.init_candidates > 1 and self.training and step == 0:
-            self.choose_start(images)
+            responses = self.choose_start(images)
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+                    or torch.distributed.get_rank() == 0:
+                print(f"init_candidates: edge responses {', '.join(f'{r:+.3f}' for r in responses)}; "
+                      f"training start {int(self.init_choice)}", flush=True)
         if self.config.edge_polarity and self.training and step == self.edge_polarity_at():
             self.orient_edges(images, step)
         out = self.reconstruct(images, hold_keypoints=step < self.config.keypoint_delay_steps,
@@ -536,7 +553,7 @@ class AutoLink(nn.Module):
         base = int(self.candidate_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(base + k)
-            other = AutoLink(self.config, perceptual=self.perceptual)
+            other = AutoLink(replace(self.config, init_seed=None), perceptual=self.perceptual)
         state = other.state_dict()
         state["candidate_seed"], state["init_choice"] = self.candidate_seed, self.init_choice
         return state
