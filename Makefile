@@ -71,8 +71,7 @@ AUTOLINK_DECAY ?= 2000
 AUTOLINK_SET ?=
 AUTOLINK_RECIPE := --keypoints 10 --thickness 1e-3 --lr 3e-4 --batch-size 16 --loss laplacian \
 	--set image_size=64 --set heatmap_size=16 --set detector_width=16 --set decoder_width=16 \
-	--set decoder_coords=true --set keypoint_delay_steps=250 --set init_candidates=4 \
-	--lr-decay-steps $(AUTOLINK_DECAY)
+	--set decoder_coords=true --set keypoint_delay_steps=250 --lr-decay-steps $(AUTOLINK_DECAY)
 learn-autolink: setup
 	$(PY) jobs/gen_data.py --dataset $(AUTOLINK_DATASET) --episodes $(LEARN_EPISODES) \
 	    --test-episodes $(LEARN_TEST_EPISODES) --frames 32 --size 64 --shard-size 25 --seed $(SEED) \
