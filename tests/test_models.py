@@ -373,6 +373,52 @@ def test_autolink_init_seed_fixes_the_start_and_leaves_the_run_rng_alone(alex_ra
     assert not all(torch.equal(own[k], v) for k, v in want.items())
 
 
+def test_autolink_restart_step_restarts_a_darkening_start_and_holds_again(alex_random):
+    """restart_step N: at step began + N only, a start whose edge response is below
+    restart_below gets the next fresh start's weights (candidate_state), restarts, start_step,
+    init_choice and restarted_at say so, and the keypoint hold starts again from there; a start
+    at or above it is kept; restart_max caps the restarts."""
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+
+    def detector_grad(m, step):
+        m.zero_grad()
+        m(images, step=step)[0].backward()
+        return sum(float(p.grad.abs().sum()) for p in m.detector.parameters() if p.grad is not None)
+
+    torch.manual_seed(1)
+    m = tiny_autolink(alex_random, restart_step=3, keypoint_delay_steps=2, restart_below=1e9,
+                      restart_max=1)
+    m.train()
+    assert int(m.restarts) == 0 and int(m.init_choice) == 0 and m.began() == 0
+    for step in range(3):
+        m(images, step=step)
+    assert int(m.restarts) == 0 and m.restarted_at is None
+    want = m.candidate_state(1)
+    with torch.no_grad():
+        m(images, step=3)
+    got = m.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items()
+               if "running" not in k and "num_batches" not in k and k not in
+               ("restarts", "start_step", "init_choice"))
+    assert (int(m.restarts), m.began(), int(m.init_choice), m.restarted_at) == (1, 3, 1, 3)
+    assert detector_grad(m, 4) == 0 and detector_grad(m, 5) > 0   # held again until step 5
+    with torch.no_grad():
+        m(images, step=6)                                           # restart_max reached
+    assert int(m.restarts) == 1
+    torch.manual_seed(1)
+    kept = tiny_autolink(alex_random, restart_step=3, keypoint_delay_steps=2, restart_below=-1e9)
+    kept.train()
+    with torch.no_grad():
+        for step in range(4):
+            kept(images, step=step)
+    assert int(kept.restarts) == 0 and kept.began() == 0 and kept.restarted_at is None
+    for bad in ({"restart_step": 2, "keypoint_delay_steps": 2}, {"restart_step": -1},
+                {"restart_step": 3, "restart_max": -1}):
+        with pytest.raises(ValueError, match="restart_step"):
+            tiny_autolink(alex_random, **bad)
+
+
 def test_keypoint_spread_by_hand():
     from kpray.models.autolink import keypoint_spread
 

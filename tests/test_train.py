@@ -77,11 +77,18 @@ def test_two_workers_train_in_sync_on_uneven_shards(ray_session, shards, tmp_pat
 
 
 def test_autolink_two_workers_uneven_shards_do_not_hang(ray_session, shards, tmp_path):
+    # restart_below huge: the start is replaced at step 2 on both ranks alike (restart_step)
     cfg = _cfg(shards, tmp_path, "al", model="autolink", steps=4, checkpoint_every=2,
-               preview_every=2, lr_warmup_steps=3, lr_decay_steps=2)
+               preview_every=2, lr_warmup_steps=3, lr_decay_steps=2,
+               model_config={**TINY["autolink"], "restart_step": 2, "restart_below": 1e9,
+                             "restart_max": 1})
     result = fit(build_trainer(cfg))
     m = result.metrics
     assert m["step"] == 4 and m["ranks_in_sync"]
+    state = load_state(result.checkpoint.path)
+    assert int(state["model"]["restarts"]) == 1 and int(state["model"]["start_step"]) == 2
+    # Adam's moments were cleared at the restart: 2 updates since (steps 2 and 3), not 4
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {2}
     # computed (finite); its size means nothing here: a 4-step model's keypoints barely move
     # between images, so the linear fit on them is ill-conditioned
     for k in ("val_regression_error", "val_regression_error_plain", "val_spread_ratio"):

@@ -114,9 +114,19 @@ class AutoLinkConfig:
     #                                fixes), measure each one's edge response on that step's
     #                                batch (as edge_polarity does) and train the one whose edges
     #                                brighten the reconstruction most. Not in the official code;
-    #                                1 = off. Measured on walker-parts-nobg: the start decides
-    #                                whether a run learns, not the data (docs/benchmarks.md, "Which
-    #                                start learns")
+    #                                1 = off. Measured: the response at step 0 does not predict
+    #                                the run (docs/benchmarks.md, "Which start learns")
+    restart_step: int = 0          # N > 0: N steps after the current start began (after the
+    #                                hold: N > keypoint_delay_steps), if the edge response on
+    #                                that step's batch is below restart_below (at 0: the edges
+    #                                paint darkness, so on a black background they are pulled
+    #                                off the body), the networks restart from a fresh random
+    #                                start (candidate_state), the optimiser's moments are cleared
+    #                                and the hold begins again; at most restart_max times. The
+    #                                steps before a restart count against the run's. Not in the
+    #                                official code; 0 = off ("Which start learns")
+    restart_max: int = 2
+    restart_below: float = 0.0
     init_seed: int | None = None   # the networks' random start from this seed instead of the
     #                                run's (which then only orders the samples and draws the
     #                                masks): separates what the start decides from what the
@@ -186,6 +196,10 @@ def check_config(c: AutoLinkConfig) -> None:
         raise ValueError(f"keypoint_delay_steps must be >= 0, got {c.keypoint_delay_steps}")
     if c.init_candidates < 1:
         raise ValueError(f"init_candidates must be >= 1, got {c.init_candidates}")
+    if c.restart_step < 0 or c.restart_max < 0 or (0 < c.restart_step <= c.keypoint_delay_steps):
+        raise ValueError(f"restart_step must be 0 (off) or > keypoint_delay_steps "
+                         f"({c.keypoint_delay_steps}), and restart_max >= 0, got {c.restart_step} "
+                         f"and {c.restart_max}")
     if c.edge_polarity_step < -1:
         raise ValueError(f"edge_polarity_step must be >= -1 (-1: at keypoint_delay_steps), got "
                          f"{c.edge_polarity_step}")
@@ -393,12 +407,15 @@ class AutoLink(nn.Module):
             self.edge_skip = nn.Parameter(torch.tensor(float(c.edge_skip)))
         if c.edge_polarity:                                # -1 once the edge channel is negated
             self.register_buffer("edge_sign", torch.ones(()))
-        if c.init_candidates > 1:
+        if c.init_candidates > 1 or c.restart_step > 0:
             # Buffers, so that DDP gives every rank rank 0's: the seed of the other starts (drawn
-            # last, so the run's own start is the same with or without candidates) and the
-            # start trained (-1 until step 0 chooses).
+            # last, so the run's own start is the same with or without them), the start trained
+            # (-1 until step 0 chooses; 0 is the run's own), the step it began and the restarts.
             self.register_buffer("candidate_seed", torch.randint(2 ** 31 - 1, ()))
-            self.register_buffer("init_choice", torch.full((), -1))
+            self.register_buffer("init_choice", torch.full((), -1 if c.init_candidates > 1 else 0))
+            self.register_buffer("start_step", torch.zeros((), dtype=torch.long))
+            self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
+        self.restarted_at: int | None = None   # the loop clears the optimiser's moments then
         # The frozen loss network is kept out of state_dict/parameters (it is not trained and is
         # large); _apply below still moves it with .to()/.cuda(). Every rank builds the same one
         # (random backbones come from a fixed seed: kpray.losses.autolink).
@@ -496,9 +513,13 @@ class AutoLink(nn.Module):
                     or torch.distributed.get_rank() == 0:
                 print(f"init_candidates: edge responses {', '.join(f'{r:+.3f}' for r in responses)}; "
                       f"training start {int(self.init_choice)}", flush=True)
-        if self.config.edge_polarity and self.training and step == self.edge_polarity_at():
+        c = self.config
+        if c.restart_step > 0 and self.training and int(self.restarts) < c.restart_max \
+                and step == self.began() + c.restart_step:
+            self.maybe_restart(images, step)
+        if c.edge_polarity and self.training and step == self.began() + self.edge_polarity_at():
             self.orient_edges(images, step)
-        out = self.reconstruct(images, hold_keypoints=step < self.config.keypoint_delay_steps,
+        out = self.reconstruct(images, hold_keypoints=step < self.began() + c.keypoint_delay_steps,
                                step=step)
         loss = self.perceptual(out["reconstruction"], images)
         w = self.edge_weights().detach()
@@ -511,6 +532,34 @@ class AutoLink(nn.Module):
             terms["equivariance"] = eq.detach()
             loss = loss + self.equivariance_weight_at(step) * eq
         return loss, terms
+
+    def began(self) -> int:
+        """The training step the current start began at: 0, or the step of the last restart
+        (``restart_step``); the hold and edge_polarity count from it."""
+        return int(self.start_step) if hasattr(self, "start_step") else 0
+
+    @torch.no_grad()
+    def maybe_restart(self, images: torch.Tensor, step: int) -> float:
+        """``restart_step``: measure the edge response on ``images`` [B, 3, S, S]
+        (``mean_edge_response``, the same on every rank); if it is below ``restart_below``, load
+        the next fresh start (``candidate_state(init_candidates + restarts)``) in place, count
+        the restart and set ``start_step``, ``init_choice`` and ``restarted_at`` to ``step``.
+        Returns the response."""
+        r = self.mean_edge_response(images, step)
+        if torch.isfinite(r) and r < self.config.restart_below:
+            k = self.config.init_candidates + int(self.restarts)
+            self.load_state_dict(self.candidate_state(k))
+            self.restarts += 1
+            self.start_step.fill_(step)
+            self.init_choice.fill_(k)
+            self.restarted_at = step
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+                    or torch.distributed.get_rank() == 0:
+                print(f"restart at step {step}: edge response {float(r):+.3f} < "
+                      f"{self.config.restart_below:g}; start {k} "
+                      f"(restart {int(self.restarts)} of at most {self.config.restart_max})",
+                      flush=True)
+        return float(r)
 
     def edge_polarity_at(self) -> int:
         """The training step at which ``edge_polarity`` orients the edge channel."""
@@ -549,13 +598,14 @@ class AutoLink(nn.Module):
     def candidate_state(self, k: int) -> dict:
         """``init_candidates``: the state dict of random start ``k`` >= 1 (the run's own start
         is 0): a fresh AutoLink of the same config built from seed ``candidate_seed + k`` (the
-        global RNG is left as it was). The buffers that say which start was chosen are kept."""
+        global RNG is left as it was). The buffers that say which start is trained are kept."""
         base = int(self.candidate_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(base + k)
             other = AutoLink(replace(self.config, init_seed=None), perceptual=self.perceptual)
         state = other.state_dict()
-        state["candidate_seed"], state["init_choice"] = self.candidate_seed, self.init_choice
+        for name in ("candidate_seed", "init_choice", "start_step", "restarts"):
+            state[name] = getattr(self, name)
         return state
 
     @torch.no_grad()

@@ -77,6 +77,7 @@ class AutoLinkAdapter(Adapter):
             out["edge_sign"] = float(model.edge_sign)
         if hasattr(model, "init_choice"):
             out["init_choice"] = float(model.init_choice)
+            out["restarts"] = float(model.restarts)
         return out
 
     def histograms(self, model):

@@ -266,6 +266,8 @@ def train_func(config: dict) -> None:
             break
         for g in optimizer.param_groups:
             g["lr"] = scheduled_lr(cfg.lr, cfg.lr_warmup_steps, step, cfg.lr_decay_steps, cfg.steps)
+        if getattr(model, "restarted_at", None) == step:
+            optimizer.state.clear()              # a fresh start (AutoLink restart_step): no old moments
         optimizer.step()
         step += 1
         if cfg.step_sleep_s:
