@@ -325,10 +325,12 @@ def test_autolink_init_candidates_trains_the_start_whose_edges_brighten_most(ale
     torch.manual_seed(11)
     plain = tiny_autolink(alex_random)
     assert "init_choice" not in plain.state_dict()
+    after_plain = torch.rand(3)
     torch.manual_seed(11)
     model = tiny_autolink(alex_random, init_candidates=4)
+    assert torch.equal(torch.rand(3), after_plain)          # the run's RNG stream is unchanged
     own = {k: v.clone() for k, v in model.state_dict().items()}
-    assert all(torch.equal(own[k], v) for k, v in plain.state_dict().items())   # drawn last
+    assert all(torch.equal(own[k], v) for k, v in plain.state_dict().items())
     assert int(model.init_choice) == -1
     responses = []
     for k in range(4):

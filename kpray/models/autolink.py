@@ -408,10 +408,13 @@ class AutoLink(nn.Module):
         if c.edge_polarity:                                # -1 once the edge channel is negated
             self.register_buffer("edge_sign", torch.ones(()))
         if c.init_candidates > 1 or c.restart_step > 0:
-            # Buffers, so that DDP gives every rank rank 0's: the seed of the other starts (drawn
-            # last, so the run's own start is the same with or without them), the start trained
-            # (-1 until step 0 chooses; 0 is the run's own), the step it began and the restarts.
-            self.register_buffer("candidate_seed", torch.randint(2 ** 31 - 1, ()))
+            # Buffers, so that DDP gives every rank rank 0's: the seed of the other starts, the
+            # start trained (-1 until step 0 chooses; 0 is the run's own), the step it began and
+            # the restarts. The seed is drawn on a forked RNG: the run's own start and its masks
+            # are then those of the same run without candidates or restarts.
+            with torch.random.fork_rng(devices=[]):
+                seed = torch.randint(2 ** 31 - 1, ())
+            self.register_buffer("candidate_seed", seed)
             self.register_buffer("init_choice", torch.full((), -1 if c.init_candidates > 1 else 0))
             self.register_buffer("start_step", torch.zeros((), dtype=torch.long))
             self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
