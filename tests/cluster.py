@@ -76,10 +76,13 @@ class LocalCluster:
 
     def kill(self, node_id: str) -> float:
         """SIGKILL the node's raylet and every process Ray started there (no graceful drain),
-        as when a machine is lost. Returns the time of the kill (``time.time()``)."""
+        as when a machine is lost. Returns the time of the kill (``time.time()``, as it began);
+        ``kill_done_at`` is when every process there is dead (a report made between the two
+        can still come from the node)."""
         node = self.nodes.pop(node_id)
         t = time.time()
         self.cluster.remove_node(node, allow_graceful=False)
+        self.kill_done_at = time.time()
         return t
 
     def connect(self, **kw):

@@ -122,10 +122,10 @@ def test_gen_data_survives_a_lost_node(cluster, one_node, tmp_path):
 
     Killing a node takes Ray a moment; on a loaded 2-core machine the run's last shards were once
     done before the kill landed, and the victim had nothing in flight to lose. Such a run shows
-    nothing either way, so the scenario is run again (at most 3 times) until the kill hits a
+    nothing either way, so the scenario is run again (at most 5 times) until the kill hits a
     shard; every check below is made on that run, and the test fails if none does."""
     ref_out, ref = one_node
-    for attempt in range(3):
+    for attempt in range(5):
         cluster.ensure_workers(3)
         out = str(tmp_path / f"out{attempt}")
         stats, result = _run_with_a_node_killed(cluster, out)
@@ -135,7 +135,7 @@ def test_gen_data_survives_a_lost_node(cluster, one_node, tmp_path):
             break
         # the kill hit an idle node: the run must still be whole, on the nodes left
         _check_complete_and_verified(out, result["m"])
-    assert lost, f"in 3 runs the kill never hit a shard in flight: {stats['failures']}"
+    assert lost, f"in 5 runs the kill never hit a shard in flight: {stats['failures']}"
     assert all(f["node_lost"] for f in lost), stats["failures"]
     redone = {f["shard"] for f in lost}
     assert redone <= set(stats["redone"])
@@ -251,7 +251,9 @@ def test_search_spreads_trials_and_survives_a_lost_node(cluster, one_node, tmp_p
     assert sorted(os.listdir(os.path.join(exp, "trials"))) == sorted(f"trial-{r['trial_id']}" for r in rows)
 
     history = _trial_results(exp)[victim_trial]
-    after = [r for r in history if r["reported_at"] > killed_at]
+    # reports made once the node's processes were all dead (one made while the kill was
+    # under way can still come from the victim)
+    after = [r for r in history if r["reported_at"] > cluster.kill_done_at]
     assert after and all(r["node_id"] != victim for r in after)
     # continued from its latest checkpoint, not from step 0
     assert after[0]["resumed_from_step"] >= step_at_kill > 0, after[0]
