@@ -356,6 +356,13 @@ def official_init_(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _print_on_rank0(message: str) -> None:
+    """Print (flushed) once per run: on DDP rank 0, or always when not distributed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_rank() == 0:
+        print(message, flush=True)
+
+
 def random_grid_mask(b: int, size: int, grid: int = 16, ratio: float = 0.8, device=None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Keep-mask [B, 1, size, size] (1 = visible): the image is cut into grid x grid cells and
@@ -511,11 +518,7 @@ class AutoLink(nn.Module):
         'keypoint_spread' (mean distance between an image's keypoints, normalised units: 2 is
         the image side)."""
         if self.config.init_candidates > 1 and self.training and step == 0:
-            responses = self.choose_start(images)
-            if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-                    or torch.distributed.get_rank() == 0:
-                print(f"init_candidates: edge responses {', '.join(f'{r:+.3f}' for r in responses)}; "
-                      f"training start {int(self.init_choice)}", flush=True)
+            self.choose_start(images)
         c = self.config
         if c.restart_step > 0 and self.training and int(self.restarts) < c.restart_max \
                 and step == self.began() + c.restart_step:
@@ -556,12 +559,9 @@ class AutoLink(nn.Module):
             self.start_step.fill_(step)
             self.init_choice.fill_(k)
             self.restarted_at = step
-            if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-                    or torch.distributed.get_rank() == 0:
-                print(f"restart at step {step}: edge response {float(r):+.3f} < "
-                      f"{self.config.restart_below:g}; start {k} "
-                      f"(restart {int(self.restarts)} of at most {self.config.restart_max})",
-                      flush=True)
+            _print_on_rank0(f"restart at step {step}: edge response {float(r):+.3f} < "
+                            f"{self.config.restart_below:g}; start {k} (restart "
+                            f"{int(self.restarts)} of at most {self.config.restart_max})")
         return float(r)
 
     def edge_polarity_at(self) -> int:
@@ -627,6 +627,8 @@ class AutoLink(nn.Module):
         best = max(range(len(finite)), key=lambda i: (finite[i], -i))
         self.load_state_dict(own if best == 0 else self.candidate_state(best))
         self.init_choice.fill_(best)
+        _print_on_rank0(f"init_candidates: edge responses {', '.join(f'{r:+.3f}' for r in responses)}"
+                        f"; training start {best}")
         return responses
 
     def equivariance_weight_at(self, step: int) -> float:
