@@ -618,14 +618,16 @@ class AutoLink(nn.Module):
         the largest (the first on ties and NaN) into this model, in place (so an optimiser and
         DDP built on it still hold its parameters). Sets ``init_choice``; returns the K
         responses."""
-        own = {n: t.detach().clone() for n, t in self.state_dict().items()}
+        best_state = {n: t.detach().clone() for n, t in self.state_dict().items()}
         responses = [float(self.mean_edge_response(images, 0))]
+        best, best_r = 0, responses[0] if math.isfinite(responses[0]) else -math.inf
         for k in range(1, self.config.init_candidates):
-            self.load_state_dict(self.candidate_state(k))
+            state = self.candidate_state(k)
+            self.load_state_dict(state)
             responses.append(float(self.mean_edge_response(images, 0)))
-        finite = [r if math.isfinite(r) else -math.inf for r in responses]
-        best = max(range(len(finite)), key=lambda i: (finite[i], -i))
-        self.load_state_dict(own if best == 0 else self.candidate_state(best))
+            if math.isfinite(responses[-1]) and responses[-1] > best_r:   # first on ties
+                best, best_r, best_state = k, responses[-1], state
+        self.load_state_dict(best_state)
         self.init_choice.fill_(best)
         _print_on_rank0(f"init_candidates: edge responses {', '.join(f'{r:+.3f}' for r in responses)}"
                         f"; training start {best}")
