@@ -9,6 +9,10 @@ export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
 
 setup: gl deps
 
+# Prerequisite of the run targets; SETUP= skips it where the packages are already there (a GPU
+# node without network, a cluster image): make learn-autolink SETUP= ...
+SETUP ?= setup
+
 # Headless rendering needs system GL (EGL through Mesa on a CPU machine, the driver on NVIDIA).
 gl:
 	@dpkg -s $(GL_DEBS) >/dev/null 2>&1 || { \
@@ -46,7 +50,7 @@ LEARN_TEST_EPISODES ?= 30
 SKELETON_SET ?=
 SKELETON_RECIPE := --points 16 --set pi_width=16 --set psi_width=16 --set background_width=16 \
 	--set ramp_steps=0 --set near_exclude_endpoints=true --set 'weights={"sparse_joints":1.0}'
-learn-skeleton: setup
+learn-skeleton: $(SETUP)
 	$(PY) jobs/gen_data.py --dataset $(DATASET) --episodes $(LEARN_EPISODES) \
 	    --test-episodes $(LEARN_TEST_EPISODES) --frames 32 --size 64 --shard-size 25 --seed $(SEED) \
 	    --workers 2 --no-progress --out $(OUT)/data
@@ -74,7 +78,7 @@ AUTOLINK_RECIPE := --keypoints 10 --thickness 1e-3 --lr 3e-4 --batch-size 16 --l
 	--set image_size=64 --set heatmap_size=16 --set detector_width=16 --set decoder_width=16 \
 	--set decoder_coords=true --set keypoint_delay_steps=250 --set restart_step=500 \
 	--lr-decay-steps $(AUTOLINK_DECAY)
-learn-autolink: setup
+learn-autolink: $(SETUP)
 	$(PY) jobs/gen_data.py --dataset $(AUTOLINK_DATASET) --episodes $(LEARN_EPISODES) \
 	    --test-episodes $(LEARN_TEST_EPISODES) --frames 32 --size 64 --shard-size 25 --seed $(SEED) \
 	    --workers 2 --no-progress --out $(AUTOLINK_OUT)/data
