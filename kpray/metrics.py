@@ -431,7 +431,7 @@ def regression_details(train_kp, train_gt, test_kp, test_gt, image_size: float,
         have a smaller mean joint error with their GT's left/right labels exchanged
         (``gt[:, swap]``), exchange them and refit. Then drop the samples whose mean joint error
         is not below ``mean + outlier_sigma * std`` (``std`` with ddof 1, as torch's; none dropped
-        when std is 0, or when ``outlier_sigma`` is None) and refit. Test: with that ``W``, the
+        when std is 0 up to rounding, below 1e-9 px, or when ``outlier_sigma`` is None) and refit. Test: with that ``W``, the
         same exchange iteration on the test GT (while more than ``min_swaps`` would swap); error =
         mean over test samples of the mean over joints of the L2 distance, / S. As in the
         official loops, the last round's ``<= min_swaps`` candidates are left unswapped.
@@ -524,6 +524,9 @@ def _swap_round(pred: np.ndarray, y: np.ndarray, perm, min_swaps: int) -> tuple[
     return dist, False
 
 
+_FIT_NOISE_PX = 1e-9   # a spread of fit residuals below this (pixels) is float rounding
+
+
 def _h36m_error(xtr, ytr, xte, yte, perm, min_swaps: int, sigma) -> dict:
     ytr, yte = ytr.copy(), yte.copy()
     ytr0, yte0 = ytr.copy(), yte.copy()
@@ -535,7 +538,7 @@ def _h36m_error(xtr, ytr, xte, yte, perm, min_swaps: int, sigma) -> dict:
     keep = np.ones(len(dist), dtype=bool)
     if sigma is not None and len(dist) > 1:
         std = dist.std(ddof=1)
-        if std > 0:
+        if std > _FIT_NOISE_PX:  # an exact fit's residuals are rounding: nothing is an outlier
             keep = dist < dist.mean() + sigma * std
     if not keep.all():
         w, *_ = np.linalg.lstsq(xtr[keep], ytr[keep], rcond=None)
