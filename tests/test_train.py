@@ -79,13 +79,18 @@ def test_two_workers_train_in_sync_on_uneven_shards(ray_session, shards, tmp_pat
 def test_autolink_two_workers_uneven_shards_do_not_hang(ray_session, shards, tmp_path):
     # restart_below huge: the start is replaced at step 2 on both ranks alike (restart_step)
     cfg = _cfg(shards, tmp_path, "al", model="autolink", steps=4, checkpoint_every=2,
-               preview_every=2, lr_warmup_steps=3, lr_decay_steps=2,
+               preview_every=2, lr_warmup_steps=3, lr_decay_steps=2, channels_last=True,
                model_config={**TINY["autolink"], "restart_step": 2, "restart_below": 1e9,
                              "restart_max": 1})
     result = fit(build_trainer(cfg))
     m = result.metrics
     assert m["step"] == 4 and m["ranks_in_sync"]
     state = load_state(result.checkpoint.path)
+    # channels_last: every convolution weight was trained (and saved) in NHWC, the restart's
+    # fresh start included (it is copied into the converted parameters)
+    convs = [v for v in state["model"].values() if v.dim() == 4 and v.shape[-1] > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last)
+                         and not v.is_contiguous() for v in convs)
     assert int(state["model"]["restarts"]) == 1 and int(state["model"]["start_step"]) == 2
     # Adam's moments were cleared at the restart: 2 updates since (steps 2 and 3), not 4
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {2}

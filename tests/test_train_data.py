@@ -191,9 +191,11 @@ def test_cli_flags_reach_the_config(shards, tmp_path):
                                          "--perceptual-weights", str(weights)]), "autolink")
     assert cfg.sync_batchnorm is False and cfg.model_config["perceptual_weights"] == str(weights)
     cfg = config_from_args(p.parse_args(["--data", shards, "--loss", "laplacian",
-                                         "--lr-warmup-steps", "250", "--lr-decay-steps", "100"]),
+                                         "--lr-warmup-steps", "250", "--lr-decay-steps", "100",
+                                         "--channels-last"]),
                            "autolink")
     assert cfg.sync_batchnorm is True and cfg.model_config["loss"] == "laplacian"
+    assert cfg.channels_last is True
     assert cfg.lr_warmup_steps == 250 and cfg.lr_decay_steps == 100
 
 

@@ -61,6 +61,9 @@ class TrainConfig:
     sync_batchnorm: bool = True             # num_workers > 1: BatchNorm normalises by, and keeps
                                             # running statistics of, the global batch (every
                                             # rank's; kpray.ops.batchnorm, works on gloo/CPU)
+    channels_last: bool = False             # 4-D weights in channels-last memory format (a
+                                            # speed option: mkldnn/cuDNN then run convolutions
+                                            # in NHWC; results differ at float rounding)
     seed: int = 0
     # optimiser (None: the model config's value, i.e. the paper's)
     lr: float | None = None

@@ -176,6 +176,8 @@ def train_func(config: dict) -> None:
         if rank == 0:
             print(f"resuming from step {step}", flush=True)
     resumed_from = step
+    if cfg.channels_last:  # in place (param.data), so the optimiser keeps the same parameters
+        model.to(memory_format=torch.channels_last)
     for g in optimizer.param_groups:             # flags win over the checkpoint's settings
         g["lr"], g["betas"] = cfg.lr, tuple(cfg.betas)
     if step >= cfg.steps:                        # already done (a rerun of a finished run)
