@@ -66,8 +66,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
       help="with several workers, let each rank's BatchNorm use its own batch statistics "
            "(default: statistics over all ranks' batches)")
     a("--channels-last", action="store_true", default=None,
-      help="convolution weights in channels-last memory format: AutoLink's CPU-scale step "
-           "1.35x faster on a 2-core CPU (docs/benchmarks.md); same model, other arithmetic "
+      help="convolution weights in channels-last memory format: AutoLink's CPU-scale recipe "
+           "trains 1.3x faster on a 2-core CPU (docs/benchmarks.md); same model, other arithmetic "
            "order, so a run does not repeat a contiguous run step for step (default: off)")
     a("--metrics-out", metavar="FILE",
       help="also write the run's last reported metrics (its final validation included) to FILE "
