@@ -432,8 +432,9 @@ def regression_details(train_kp, train_gt, test_kp, test_gt, image_size: float,
         (``gt[:, swap]``), exchange them and refit. Then drop the samples whose mean joint error
         is not below ``mean + outlier_sigma * std`` (``std`` with ddof 1, as torch's; none dropped
         when std is 0 up to rounding, below 1e-9 px, or when ``outlier_sigma`` is None) and
-        refit. Test: with that ``W``, the same exchange iteration on the test GT (while more than ``min_swaps`` would swap); error =
-        mean over test samples of the mean over joints of the L2 distance, / S. As in the
+        refit. Test: with that ``W``, the same exchange iteration on the test GT (while more
+        than ``min_swaps`` would swap); error = mean over test samples of the mean over joints
+        of the L2 distance, / S. As in the
         official loops, the last round's ``<= min_swaps`` candidates are left unswapped.
         ``swap=None``: no exchange (fit, outlier rejection, refit).
       - ``"taichi"``: the official Taichi evaluation (``datasets/taichi.py``): one regression
