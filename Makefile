@@ -5,7 +5,7 @@ GL_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
 
-.PHONY: setup gl deps demo test test-fast bench clean learn-skeleton learn-autolink
+.PHONY: setup gl deps demo test test-fast bench clean learn-skeleton learn-autolink evaluate-autolink
 
 setup: gl deps
 
@@ -86,9 +86,18 @@ learn-autolink: $(SETUP)
 	    --steps $(AUTOLINK_STEPS) --checkpoint-every 250 --preview-every 250 --val-episodes 12 \
 	    --seed $(SEED) $(AUTOLINK_RECIPE) $(AUTOLINK_SET) --name train --storage $(abspath $(AUTOLINK_OUT)) \
 	    --metrics-out $(AUTOLINK_OUT)/validation.json
+	$(EVALUATE_AUTOLINK)
+
+# The newest checkpoint of OUT/train on OUT/data's test split: OUT/metrics.json and
+# OUT/comparison.{json,md} + OUT/autolink_graph.png; learn-autolink ends with it, and it
+# evaluates a run stopped early (benchmarks/gpu_autolink_screen.sh).
+define EVALUATE_AUTOLINK
 	$(PY) jobs/evaluate.py --checkpoint $(AUTOLINK_OUT)/train --data $(AUTOLINK_OUT)/data --out $(AUTOLINK_OUT)
 	$(PY) jobs/compare_autolink.py --checkpoint $(AUTOLINK_OUT)/train --data $(AUTOLINK_OUT)/data \
 	    --out $(AUTOLINK_OUT)
+endef
+evaluate-autolink: $(SETUP)
+	$(EVALUATE_AUTOLINK)
 
 test: setup
 	$(PY) -m pytest -q

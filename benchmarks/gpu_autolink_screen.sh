@@ -70,11 +70,10 @@ finish)
     kill -INT -- -"$(cat "$d/make.pid")" 2>/dev/null; sleep 5; kill -KILL -- -"$(cat "$d/make.pid")" 2>/dev/null
     echo "stopped at step $(steps_done "$d")" >"$d/stopped"
   done
-  for r in $RUNS; do  # the newest checkpoint of a stopped pair, evaluated as make would have
+  for r in $RUNS; do  # the newest checkpoint of a stopped pair, evaluated as learn-autolink would
     d=$(run_dir "$r")
     [ -f "$d/stopped" ] || continue
-    ( python3 jobs/evaluate.py --checkpoint "$d/train" --data "$d/data" --out "$d" >"$d/eval.log" 2>&1
-      python3 jobs/compare_autolink.py --checkpoint "$d/train" --data "$d/data" --out "$d" >>"$d/eval.log" 2>&1 ) &
+    make evaluate-autolink SETUP= OUT="$d" >"$d/eval.log" 2>&1 &
   done
   wait
   {

@@ -434,8 +434,8 @@ def regression_details(train_kp, train_gt, test_kp, test_gt, image_size: float,
         when std is 0 up to rounding, below 1e-9 px, or when ``outlier_sigma`` is None) and
         refit. Test: with that ``W``, the same exchange iteration on the test GT (while more
         than ``min_swaps`` would swap); error = mean over test samples of the mean over joints
-        of the L2 distance, / S. As in the
-        official loops, the last round's ``<= min_swaps`` candidates are left unswapped.
+        of the L2 distance, / S. As in the official loops, the last round's ``<= min_swaps``
+        candidates are left unswapped.
         ``swap=None``: no exchange (fit, outlier rejection, refit).
       - ``"taichi"``: the official Taichi evaluation (``datasets/taichi.py``): one regression
         WITH bias per GT coordinate (``2J`` of them, features ``[x, 1]``), each fitted on the
