@@ -62,8 +62,9 @@ learn-skeleton: $(SETUP)
 
 # AutoLink at CPU scale, from a fresh dataset (docs/benchmarks.md, "learn-autolink"): render
 # DATASET (one body, 64x64), train for AUTOLINK_STEPS (the last AUTOLINK_DECAY of them with the
-# learning rate falling to 0; about 43 minutes on an idle 2-core machine; a start whose edges
-# still darken the reconstruction at step 500 is replaced by a fresh one, restart_step), write
+# learning rate falling to 0; 32x32 heatmaps; channels-last convolutions; training time: docs,
+# over an hour on the slower 2-core machines; a start whose edges still darken the
+# reconstruction at step 500 is replaced by a fresh one, restart_step), write
 # OUT/validation.json (the run's last validation), OUT/metrics.json (jobs/evaluate.py
 # --checkpoint on the test split, regression included) and OUT/comparison.{json,md} + OUT/autolink_graph.png (trained against untrained).
 # Default DATASET=walker-parts-nobg (part colours, background removed: where it learns, see the
@@ -75,9 +76,9 @@ AUTOLINK_STEPS ?= 10000
 AUTOLINK_DECAY ?= 2000
 AUTOLINK_SET ?=
 AUTOLINK_RECIPE := --keypoints 10 --thickness 1e-3 --lr 3e-4 --batch-size 16 --loss laplacian \
-	--set image_size=64 --set heatmap_size=16 --set detector_width=16 --set decoder_width=16 \
+	--set image_size=64 --set heatmap_size=32 --set detector_width=16 --set decoder_width=16 \
 	--set decoder_coords=true --set keypoint_delay_steps=250 --set restart_step=500 \
-	--lr-decay-steps $(AUTOLINK_DECAY)
+	--lr-decay-steps $(AUTOLINK_DECAY) --channels-last
 learn-autolink: $(SETUP)
 	$(PY) jobs/gen_data.py --dataset $(AUTOLINK_DATASET) --episodes $(LEARN_EPISODES) \
 	    --test-episodes $(LEARN_TEST_EPISODES) --frames 32 --size 64 --shard-size 25 --seed $(SEED) \
