@@ -13,6 +13,10 @@ Accepted names (``DATASET_NAMES`` lists the base names; fixed-topology names tak
   each part type (MuJoCo body: torso, thigh, leg, foot, ...) its own fixed colour, left and right
   twins alike, where the plain body is one random colour. A diagnostic: does a keypoint model
   learn when appearance tells parts apart, as it does for people?
+- ``cartpoles-parts``, ``cartpole:K-parts``: the cart and each pole its own fixed colour (pole i
+  the same hue in every body), where the plain poles share one random colour. A diagnostic of
+  the skeleton model: do its points keep their identity over a video when the poles, and so the
+  hinges between them, look different?
 - any of the above with ``-nobg`` (``walker-parts-nobg``, ``cartpoles-nobg``, ...): the same
   episodes' bodies with the background removed, every pixel off the object mask black (floor,
   horizon, rails). AutoLink's main Human3.6M numbers are on background-removed images (its
@@ -22,7 +26,7 @@ Accepted names (``DATASET_NAMES`` lists the base names; fixed-topology names tak
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,10 +34,12 @@ DATASET_NAMES = ("spiders", "spiders0shot", "cartpoles", "swimmers", "mwhc",
                  "spider", "cartpole", "swimmer", "walker", "hopper", "cheetah", "manipulator")
 SPLITS = ("train", "test")
 NO_BACKGROUND = "-nobg"  # suffix: the same dataset with the background removed
+PARTS = "-parts"         # suffix: every part its own fixed colour (bodies in _PAINTABLE)
 
 # Body kinds that take a count K, with the count's name in `meta` and its accepted range.
 _COUNTED = {"spider": ("n_legs", 1, 12), "cartpole": ("n_poles", 1, 8), "swimmer": ("n_links", 2, 12)}
 _FIXED = ("walker", "hopper", "cheetah", "manipulator")
+_PAINTABLE = (*_FIXED, "cartpole")   # body kinds whose builder takes ``parts``
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class BodySpec:
 
     kind: str
     n: int | None = None
-    parts: bool = False             # every part its own colour (fixed bodies only)
+    parts: bool = False             # every part its own colour (kinds in _PAINTABLE)
 
     @property
     def name(self) -> str:
@@ -89,7 +95,8 @@ def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
         return name
     err = ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASET_NAMES)} "
                      f"(spider/cartpole/swimmer take ':K', e.g. 'spider:5'; "
-                     f"walker/hopper/cheetah/manipulator take '-parts'; any takes '-nobg')")
+                     f"walker/hopper/cheetah/manipulator/cartpoles/cartpole:K take '-parts'; "
+                     f"any takes '-nobg')")
     if not isinstance(name, str):
         raise err
     key = name.strip().lower()
@@ -114,8 +121,16 @@ def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
         return _same(key, (BodySpec(k) for k in ("walker", "hopper", "cheetah", "manipulator")))
     if key in _FIXED:
         return _same(key, (BodySpec(key),))
-    if key.endswith("-parts") and key[:-len("-parts")] in _FIXED:
-        return _same(key, (BodySpec(key[:-len("-parts")], parts=True),))
+    if key.endswith(PARTS):
+        try:
+            base = parse_dataset(key[:-len(PARTS)])
+        except ValueError:
+            raise err from None
+        bodies = base.train + base.test
+        if not base.background or any(b.parts or b.kind not in _PAINTABLE for b in bodies):
+            raise err
+        return DatasetSpec(base.name + PARTS, tuple(replace(b, parts=True) for b in base.train),
+                           tuple(replace(b, parts=True) for b in base.test))
     kind, sep, count = key.partition(":")
     if sep and kind in _COUNTED and count.isdigit():
         k = int(count)

@@ -150,8 +150,9 @@ def test_dataset_spec_accepts_str_or_spec():
 
 @pytest.mark.parametrize("bad", ["nope", "", "spider", "spider:0", "spider:x", "walker:3",
                                  "cartpole:9", "swimmer:1", "spiders:3", "spider:3-parts",
-                                 "mwhc-parts", "walker-part", "walker-nobg-nobg", "nope-nobg",
-                                 "walker-nobg-parts", "-nobg"])
+                                 "spiders-parts", "walker-part", "walker-nobg-nobg", "nope-nobg",
+                                 "walker-nobg-parts", "-nobg", "swimmers-parts", "cartpoles-parts-parts",
+                                 "cartpoles-nobg-parts"])
 def test_unknown_dataset_raises(bad):
     with pytest.raises(ValueError, match="unknown dataset"):
         parse_dataset(bad)
@@ -191,6 +192,32 @@ def test_part_colours_give_every_part_its_own_colour():
     assert n == 7 and d.max() < 0.3               # one colour, varied by at most 0.08 per channel
     ep = render_episode("walker-parts", "test", seed=0, index=0, frames=2, size=32)
     assert ep["meta"]["body"] == "walker-parts" and np.asarray(ep["joints"]).shape[1] == 8
+
+
+def test_cartpole_parts_colour_each_pole_alike_in_every_body():
+    from sim.bodies import build_body
+
+    spec = parse_dataset("cartpoles-parts")
+    assert spec.name == "cartpoles-parts" and all(b.parts and b.kind == "cartpole" for b in spec.train)
+    assert [b.name for b in spec.test] == [f"cartpole:{k}-parts" for k in range(1, 6)]
+    assert parse_dataset("cartpole:3-parts").train[0].n == 3
+    assert parse_dataset("cartpoles-parts-nobg").background is False
+    assert all(b.parts for b in parse_dataset("mwhc-parts").train)
+
+    def colours(name, seed):   # cart, pole_1, ... rgb
+        body = build_body(parse_dataset(name).train[0], np.random.default_rng(seed))
+        m = body.model
+        return np.array([m.geom_rgba[m.geom_bodyid == b][0, :3] for b in body.object_bodies])
+
+    five = colours("cartpole:5-parts", 0)
+    d = np.linalg.norm(five[:, None] - five[None], axis=-1)[np.triu_indices(6, 1)]
+    assert d.min() > 0.15                          # cart and every pole apart
+    three = colours("cartpole:3-parts", 1)         # another body, another seed: same hues
+    assert np.abs(three - five[:4]).max() < 0.25
+    plain = colours("cartpole:5", 0)[1:]           # plain poles: one colour, varied a little
+    assert np.linalg.norm(plain[:, None] - plain[None], axis=-1).max() < 0.4
+    ep = render_episode("cartpole:2-parts", "test", seed=0, index=0, frames=2, size=32)
+    assert ep["meta"]["body"] == "cartpole:2-parts" and np.asarray(ep["joints"]).shape[1] == 3
 
 
 def test_nobg_removes_the_background_and_nothing_else():

@@ -9,6 +9,8 @@ hinges hinge_2..hinge_K, and the tip of the last pole. Links: a chain.
 """
 from __future__ import annotations
 
+import colorsys
+
 import mujoco
 import numpy as np
 
@@ -76,15 +78,29 @@ def skeleton(model: mujoco.MjModel, n_poles: int) -> Skeleton:
     return Skeleton(names, anchors, attached, [(i, i + 1) for i in range(n_poles)])
 
 
-def build(n_poles: int, rng: np.random.Generator, quality: str = "fast") -> Body:
+# ``parts``: hue of the cart and of pole i (fixed, so pole i looks alike in every body): nine
+# hues 40 degrees apart (cart + up to 8 poles), in an order that puts 160 degrees between
+# neighbours, so that every hinge joins two clearly different colours.
+_PART_HUES = tuple((4 * i / 9) % 1.0 for i in range(9))
+
+
+def build(n_poles: int, rng: np.random.Generator, quality: str = "fast",
+          parts: bool = False) -> Body:
+    """A cartpole with ``n_poles`` poles: a random cart colour and one random colour for the
+    poles (slightly varied per pole), or with ``parts`` the cart and each pole its own fixed hue
+    (``_PART_HUES``; saturation and value jittered a little)."""
     xml, assets, params = make_model(n_poles, rng, quality)
     model = mujoco.MjModel.from_xml_string(xml, assets)
     cart = bid(model, "cart")
-    paint(model, [cart], random_rgb(rng))
     poles = [bid(model, f"pole_{i}") for i in range(1, n_poles + 1)]
-    rgb = random_rgb(rng)
-    for p in poles:  # one colour for the poles, slightly varied per pole
-        paint(model, [p], np.clip(np.asarray(rgb) + rng.uniform(-0.1, 0.1, 3), 0, 1))
+    if parts:
+        for hue, b in zip(_PART_HUES, [cart, *poles]):
+            paint(model, [b], colorsys.hsv_to_rgb(hue, rng.uniform(0.75, 0.95), rng.uniform(0.8, 0.95)))
+    else:
+        paint(model, [cart], random_rgb(rng))
+        rgb = random_rgb(rng)
+        for p in poles:  # one colour for the poles, slightly varied per pole
+            paint(model, [p], np.clip(np.asarray(rgb) + rng.uniform(-0.1, 0.1, 3), 0, 1))
 
     def reset(data: mujoco.MjData, rng: np.random.Generator) -> None:
         data.qpos[0] = rng.uniform(-1.0, 1.0)
