@@ -33,38 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kpray.data import iter_episodes  # noqa: E402
 from kpray.losses.skeleton import LossWeights  # noqa: E402
-from kpray.metrics import link_frame, spearman  # noqa: E402
+from kpray.metrics import spearman  # noqa: E402
 from kpray.models import skeleton as S  # noqa: E402
-from kpray.ops.coords import expected_location  # noqa: E402
 from kpray.skeleton_report import _mean, _video_record  # noqa: E402
-from kpray.train.data import to_device  # noqa: E402
 from kpray.train.predict import load_model  # noqa: E402
-from structure_on_points import greedy_links  # noqa: E402
-
-
-def pairs(model, adapter, episodes, per_episode: int = 1):
-    """Source images [V, 3, S, S], location maps and points of the source and target frames
-    ([V, P, H, W], [V, P, 2]), and every frame's arg-max points per video (pixels). Pair k of an
-    episode starts k / per_episode of the video after its link frame; its target is half the
-    video later."""
-    images, tgt, tracks = [], [], []
-    for ep in episodes:
-        frames = np.asarray(ep["frames"])
-        t = len(frames)
-        f = link_frame(0, int(ep.get("meta", {}).get("index", 0)), t)
-        x = to_device({"x": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)},
-                      torch.device("cpu"), model.config.image_size)["x"]
-        for k in range(per_episode):
-            g = (f + k * t // per_episode) % t
-            images.append(x[g])
-            tgt.append(x[(g + t // 2) % t])
-        tracks.append(adapter.predict(model, frames)["points"])
-    x = torch.stack(images)
-    with torch.no_grad():
-        logits = model.pi(torch.cat([x, torch.stack(tgt)]))
-        maps = S.gumbel_location_maps(logits, model.config.gumbel_tau_end, noise=False)
-    sm, tm = maps.chunk(2)
-    return x, (sm, tm, expected_location(sm), expected_location(tm)), tracks
+from structure_on_points import frame_pairs, greedy_links  # noqa: E402
 
 
 def score(episodes, tracks, links) -> dict:
@@ -112,8 +85,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     train_eps = list(iter_episodes(args.data, split="train"))[:args.train_episodes]
     test_eps = list(iter_episodes(args.data, split="test"))
-    x_tr, geo_tr, _ = pairs(model, adapter, train_eps, args.pairs_per_episode)
-    x_te, geo_te, tracks_te = pairs(model, adapter, test_eps)
+    geo_tr, _, x_tr = frame_pairs(model, adapter, train_eps, args.pairs_per_episode, with_images=True)
+    geo_te, tracks_te, x_te = frame_pairs(model, adapter, test_eps, with_images=True)
     y_tr = greedy_links(c, *geo_tr)
     y_te = greedy_links(c, *geo_te)
     print(f"{len(x_tr)} train pairs, {len(test_eps)} test videos; greedy targets in "

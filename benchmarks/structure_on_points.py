@@ -41,9 +41,11 @@ from kpray.train.data import to_device  # noqa: E402
 from kpray.train.predict import load_model  # noqa: E402
 
 
-def frame_pairs(model, adapter, episodes):
+def frame_pairs(model, adapter, episodes, per_episode: int = 1, with_images: bool = False):
     """(location maps [V, P, H, W] and points [V, P, 2] of the link frame and of the frame half
-    a video later, per video; every frame's arg-max points [T, P, 2] pixels, per video)."""
+    a video later, per video; every frame's arg-max points [T, P, 2] pixels, per video).
+    ``per_episode`` > 1: pair k of an episode starts k / per_episode of the video after its link
+    frame (V = episodes x per_episode). ``with_images``: also the source images [V, 3, S, S]."""
     src, tgt, tracks = [], [], []
     for ep in episodes:
         frames = np.asarray(ep["frames"])
@@ -51,14 +53,17 @@ def frame_pairs(model, adapter, episodes):
         f = link_frame(0, int(ep.get("meta", {}).get("index", 0)), t)
         x = to_device({"x": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)},
                       torch.device("cpu"), model.config.image_size)["x"]
-        src.append(x[f])
-        tgt.append(x[(f + t // 2) % t])
+        for k in range(per_episode):
+            g = (f + k * t // per_episode) % t
+            src.append(x[g])
+            tgt.append(x[(g + t // 2) % t])
         tracks.append(adapter.predict(model, frames)["points"])
     with torch.no_grad():
         logits = model.pi(torch.cat([torch.stack(src), torch.stack(tgt)]))
         maps = S.gumbel_location_maps(logits, model.config.gumbel_tau_end, noise=False)
     sm, tm = maps.chunk(2)
-    return (sm, tm, expected_location(sm), expected_location(tm)), tracks
+    geometry = (sm, tm, expected_location(sm), expected_location(tm))
+    return (geometry, tracks, torch.stack(src)) if with_images else (geometry, tracks)
 
 
 def greedy_links(c, sm, tm, sp, tp) -> torch.Tensor:
