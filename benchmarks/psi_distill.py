@@ -41,6 +41,9 @@ from structure_on_points import frame_pairs, greedy_links  # noqa: E402
 
 
 def score(episodes, tracks, links) -> dict:
+    """links [V, P, P] 0/1 per test video, scored as ``structure_on_points.py`` scores them (eps
+    0.15, Cartpoles' threshold): the joint and structure metrics, Spearman of predicted against
+    true joint counts, mean joints per body."""
     recs = [_video_record(ep, pts, links[k].numpy(), 0.15)
             for k, (ep, pts) in enumerate(zip(episodes, tracks))]
     r = _mean(recs)
