@@ -18,13 +18,10 @@ images.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,32 +29,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kpray.data import iter_episodes  # noqa: E402
-from kpray.losses.skeleton import LossWeights  # noqa: E402
-from kpray.metrics import spearman  # noqa: E402
 from kpray.models import skeleton as S  # noqa: E402
-from kpray.skeleton_report import _mean, _video_record  # noqa: E402
 from kpray.train.predict import load_model  # noqa: E402
-from structure_on_points import frame_pairs, greedy_links  # noqa: E402
-
-
-def score(episodes, tracks, links) -> dict:
-    """links [V, P, P] 0/1 per test video, scored as ``structure_on_points.py`` scores them (eps
-    0.15, Cartpoles' threshold): the joint and structure metrics, Spearman of predicted against
-    true joint counts, mean joints per body."""
-    recs = [_video_record(ep, pts, links[k].numpy(), 0.15)
-            for k, (ep, pts) in enumerate(zip(episodes, tracks))]
-    r = _mean(recs)
-    r["spearman"] = spearman([x["joints"] for x in recs], [x["true_joints"] for x in recs])
-    bodies: dict = {}
-    for x in recs:
-        bodies.setdefault(x["body"], []).append(x["joints"])
-    r["per_body"] = ", ".join(f"{np.mean(v):.1f}" for _, v in sorted(bodies.items()))
-    return r
-
-
-def row(name: str, r: dict) -> str:
-    return (f"| {name} | {r['joint_f1']:.3f} | {r['dist']:.3f} | {r['diff']:.2f} | "
-            f"{r['struct_f1']:.3f} | {r['bcc']:.3f} | {r['per_body']} | {r['spearman']:.2f} |")
+from structure_on_points import (apply_setting, frame_pairs, greedy_links,  # noqa: E402
+                                 score_links, score_row)
 
 
 def main(argv=None) -> None:
@@ -80,10 +55,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     model, adapter, _, _ = load_model(args.checkpoint)
     model.eval()
-    spec = json.loads(args.setting)
-    weights = {**model.config.loss_weights().as_dict(), **spec.pop("weights", {})}
-    c = dataclasses.replace(model.config, weights=LossWeights(**weights), psi_head=args.psi_head,
-                            **spec)
+    c = apply_setting(model.config, args.setting, psi_head=args.psi_head)
 
     t0 = time.perf_counter()
     train_eps = list(iter_episodes(args.data, split="train"))[:args.train_episodes]
@@ -121,8 +93,9 @@ def main(argv=None) -> None:
     print(f"\nsetting `{args.setting}`, psi head {args.psi_head}\n")
     print("| links from | joint F1 | dist | count diff | struct F1 | Bcc | joints per body | Spearman |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(row("greedy optimum of the test pair (target)", score(test_eps, tracks_te, y_te)))
-    print(row(f"psi ({args.psi_head}) trained on the train pairs' optima", score(test_eps, tracks_te, links)))
+    print(score_row("greedy optimum of the test pair (target)", score_links(test_eps, tracks_te, y_te)))
+    print(score_row(f"psi ({args.psi_head}) trained on the train pairs' optima",
+                    score_links(test_eps, tracks_te, links)))
 
 
 if __name__ == "__main__":

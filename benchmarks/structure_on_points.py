@@ -97,6 +97,36 @@ def greedy_links(c, sm, tm, sp, tp) -> torch.Tensor:
     return torch.stack(out)
 
 
+def apply_setting(config, text: str, **fields):
+    """``config`` with the SkeletonConfig fields of the JSON object ``text`` (its ``weights``
+    merged onto the config's loss weights) and ``fields`` applied."""
+    spec = json.loads(text)
+    weights = {**config.loss_weights().as_dict(), **spec.pop("weights", {})}
+    return dataclasses.replace(config, weights=LossWeights(**weights), **fields, **spec)
+
+
+def score_links(episodes, tracks, links) -> dict:
+    """links [V, P, P] 0/1, one per test video, scored as the model's skeletons are (eps 0.15,
+    Cartpoles' threshold): the mean joint and structure metrics, "spearman" of predicted against
+    true joint counts, "per_body" the mean joints per body (text)."""
+    recs = [_video_record(ep, pts, links[k].numpy(), 0.15)
+            for k, (ep, pts) in enumerate(zip(episodes, tracks))]
+    r = _mean(recs)
+    r["spearman"] = spearman([x["joints"] for x in recs], [x["true_joints"] for x in recs])
+    bodies: dict = {}
+    for x in recs:
+        bodies.setdefault(x["body"], []).append(x["joints"])
+    r["per_body"] = ", ".join(f"{np.mean(v):.1f}" for _, v in sorted(bodies.items()))
+    return r
+
+
+def score_row(name: str, r: dict) -> str:
+    """One markdown row: name, joint F1, dist, count diff, struct F1, Bcc, joints per body,
+    Spearman."""
+    return (f"| {name} | {r['joint_f1']:.3f} | {r['dist']:.3f} | {r['diff']:.2f} | "
+            f"{r['struct_f1']:.3f} | {r['bcc']:.3f} | {r['per_body']} | {r['spearman']:.2f} |")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,24 +146,12 @@ def main(argv=None) -> None:
     print("| setting | joint F1 | dist | count diff | struct F1 | Bcc | joints per body | Spearman |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for text in args.setting or ["{}"]:
-        spec = json.loads(text)
-        weights = {**model.config.loss_weights().as_dict(), **spec.pop("weights", {})}
-        c = dataclasses.replace(model.config, weights=LossWeights(**weights), **spec)
+        c = apply_setting(model.config, text)
         if args.solver == "fit":
             links = S.fit_links_per_sample(c, sm, tm, sp, tp, None, args.fit_steps, c.psi_fit_lr)
         else:
             links = greedy_links(c, sm, tm, sp, tp)
-        recs = [_video_record(ep, pts, links[k].numpy(), 0.15)
-                for k, (ep, pts) in enumerate(zip(episodes, tracks))]
-        r = _mean(recs)
-        rho = spearman([x["joints"] for x in recs], [x["true_joints"] for x in recs])
-        bodies = {}
-        for x in recs:
-            bodies.setdefault(x["body"], []).append(x["joints"])
-        per_body = ", ".join(f"{np.mean(v):.1f}" for _, v in sorted(bodies.items()))
-        print(f"| `{text}` | {r['joint_f1']:.3f} | {r['dist']:.3f} | {r['diff']:.2f} | "
-              f"{r['struct_f1']:.3f} | {r['bcc']:.3f} | {per_body} | {rho:.2f} |", flush=True)
-
+        print(score_row(f"`{text}`", score_links(episodes, tracks, links)), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -95,7 +95,7 @@ def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
         return name
     err = ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASET_NAMES)} "
                      f"(spider/cartpole/swimmer take ':K', e.g. 'spider:5'; "
-                     f"walker/hopper/cheetah/manipulator/cartpoles/cartpole:K take '-parts'; "
+                     f"walker/hopper/cheetah/manipulator/mwhc/cartpoles/cartpole:K take '-parts'; "
                      f"any takes '-nobg')")
     if not isinstance(name, str):
         raise err
