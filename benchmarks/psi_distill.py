@@ -64,10 +64,10 @@ def main(argv=None) -> None:
     geo_te, tracks_te, x_te = frame_pairs(model, adapter, test_eps, with_images=True)
     y_tr = greedy_links(c, *geo_tr)
     y_te = greedy_links(c, *geo_te)
+    joints_tr = (y_tr.sum(-1) > 0).sum(-1).float()   # [V] points with a link, per target
     print(f"{len(x_tr)} train pairs, {len(test_eps)} test videos; greedy targets in "
           f"{time.perf_counter() - t0:.0f} s; joints per train target: "
-          f"{(y_tr.sum(-1) > 0).sum(-1).float().mean():.2f} "
-          f"(spread {(y_tr.sum(-1) > 0).sum(-1).float().std():.2f})", flush=True)
+          f"{joints_tr.mean():.2f} (spread {joints_tr.std():.2f})", flush=True)
 
     psi = S.make_psi(c)
     opt = torch.optim.Adam(psi.parameters(), lr=args.lr)

@@ -153,5 +153,6 @@ def main(argv=None) -> None:
             links = greedy_links(c, sm, tm, sp, tp)
         print(score_row(f"`{text}`", score_links(episodes, tracks, links)), flush=True)
 
+
 if __name__ == "__main__":
     main()
