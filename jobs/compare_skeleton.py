@@ -22,6 +22,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the untrained model and of the "
                                                         "frame each video's links come from")
     ap.add_argument("--out", default="eval", help="output folder")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a model config field before scoring, VALUE in JSON (repeatable), "
+                         "e.g. --set psi_head='\"solver\"' scores the trained pi with the "
+                         "structure-loss solver as psi")
     args = ap.parse_args(argv)
     from kpray.evaluation import error_exit
     from kpray.skeleton_report import compare_skeleton, to_markdown, write_comparison
@@ -30,7 +34,10 @@ def main(argv=None) -> int:
         from kpray.data import iter_episodes
 
         episodes = list(iter_episodes(args.data, split=args.split))
-        c = compare_skeleton(args.checkpoint, episodes, eps=args.eps, seed=args.seed)
+        from kpray.train.cli import parse_set_items
+
+        c = compare_skeleton(args.checkpoint, episodes, eps=args.eps, seed=args.seed,
+                             overrides=parse_set_items(args.set))
     except Exception as e:  # noqa: BLE001 - bad input, unreadable shards or checkpoint
         return error_exit("compare_skeleton.py", e)
     print(to_markdown(c), end="")

@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--regression-protocol", choices=("h36m", "plain", "taichi"), default=None,
                     help="keypoint regression protocol (default: ours, h36m with the left/right "
                          "swap from the joint names)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="--checkpoint: change a model config field before predicting, VALUE in "
+                         "JSON (repeatable), e.g. --set psi_head='\"solver\"'")
     return ap.parse_args(argv)
 
 
@@ -64,7 +67,10 @@ def main(argv=None) -> int:
                                       f"{args.regression_episodes}")
             episodes = [ep for ep in iter_episodes(args.data, split=args.split)
                         if args.dataset is None or ep["meta"].get("dataset") == args.dataset]
-            net, adapter, cfg, state = load_model(args.checkpoint)
+            from kpray.train.cli import parse_set_items
+
+            net, adapter, cfg, state = load_model(args.checkpoint,
+                                                  overrides=parse_set_items(args.set))
             preds = predict_episodes(net, adapter, cfg.model, episodes)
             model = f"{cfg.model} step {state['step']}"
             if cfg.model == "autolink" and args.regression_episodes > 0:

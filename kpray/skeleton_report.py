@@ -104,9 +104,10 @@ def _predict_all(adapter, model, episodes, seed: int) -> list[tuple[np.ndarray, 
 
 
 def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = None,
-                     seed: int = 0, dataset: str | None = None) -> dict:
+                     seed: int = 0, dataset: str | None = None, overrides: dict | None = None) -> dict:
     """The comparison (see the module docstring) as a dict: ``rows`` {name: means}, ``paper``,
-    ``spearman`` {name: rho}, ``bodies`` {name: per_body}, ``eps``, ``videos``."""
+    ``spearman`` {name: rho}, ``bodies`` {name: per_body}, ``eps``, ``videos``. ``overrides``:
+    model config fields changed at loading (``kpray.train.predict.load_checkpoint``)."""
     import torch
 
     from kpray.evaluation import EvaluationError
@@ -116,7 +117,7 @@ def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = 
 
     if not episodes:
         raise EvaluationError("no test episodes to compare on")
-    state, cfg = load_checkpoint(checkpoint)
+    state, cfg = load_checkpoint(checkpoint, overrides)
     if cfg.model != "skeleton":
         raise EvaluationError(f"{checkpoint} holds a {cfg.model} model; this compares skeleton models")
     dataset = dataset or str(episodes[0].get("meta", {}).get("dataset", ""))

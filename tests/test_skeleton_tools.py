@@ -96,36 +96,6 @@ def test_skeleton_diagnostics_split_gradients_by_network():
     assert d["grad_psi/near"] == 0 and d["grad_psi/sparse_joints"] == 0  # psi learns from the fit
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A tiny skeleton model in the training checkpoint format, and 3 real rendered test
-    episodes of cartpoles with 1, 2 and 3 poles."""
-    import webdataset as wds
-
-    from kpray.data import encode_episode
-    from kpray.train.config import TrainConfig, resolve
-    from kpray.train.loop import save_state
-    from kpray.train.models import get_adapter
-    from sim import render_episode
-
-    root = tmp_path_factory.mktemp("skeleton-tools")
-    shards = root / "shards"
-    shards.mkdir()
-    with wds.TarWriter(str(shards / "test-000000.tar"), mtime=0.0) as sink:
-        for i, k in enumerate((1, 2, 3)):
-            ep = render_episode(f"cartpole:{k}", "test", seed=0, index=i, frames=5, size=64)
-            sink.write(encode_episode(ep, f"test-{i:06d}"))
-    cfg = resolve(TrainConfig(model="skeleton", data=str(shards), preset="cartpoles", steps=1,
-                              model_config={"pi_width": 8, "psi_width": 8, "background_width": 8,
-                                            "num_points": 6}))
-    torch.manual_seed(1)
-    model = get_adapter("skeleton").build(cfg)
-    ckpt = root / "run" / "checkpoint_000001"
-    ckpt.mkdir(parents=True)
-    save_state(str(ckpt), model, torch.optim.Adam(model.parameters()), 1, [], cfg)
-    return root, shards, cfg
-
-
 def test_validation_reports_points_on_object_and_bodies(tiny_checkpoint):
     from kpray.train.models import get_adapter
 

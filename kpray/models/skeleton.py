@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kpray.losses import skeleton as L
+from kpray.models.skeleton_solver import SolverSkeletonPredictor
 from kpray.models.unet import UNet
 from kpray.ops.coords import expected_location, pixel_grid
 from kpray.ops.edge_map import upper_pairs
@@ -53,8 +54,14 @@ class SkeletonConfig:
                                     # ~1e-4 per pixel: 6-9 % of psi's first-layer response)
     psi_detach_maps: bool = False   # open: True: no gradient from psi's losses into pi through
                                     # psi's input maps
-    psi_head: str = "fc"            # open: "fc" (paper: one output per pair) or "pairwise" (one
+    psi_head: str = "fc"            # open: "fc" (paper: one output per pair), "pairwise" (one
                                     # head shared by all pairs, reading the image along each pair)
+                                    # or "solver" (no network: the links that minimise the
+                                    # structure terms on pi's points, greedy search per image;
+                                    # kpray.models.skeleton_solver)
+    solver_frames: int = 1          # open, psi_head="solver": a video's skeleton minimises the
+                                    # structure terms over this many frames spread evenly over
+                                    # it (1: each frame's own skeleton, the paper's protocol)
     psi_pair_samples: int = 5       # open: places sampled along a pair (pairwise head)
     psi_target: str = "loss"        # open: "loss" (paper: psi minimises the structure terms
                                     # through its shared weights) or "fit" (psi regresses, by
@@ -324,13 +331,20 @@ class PairwiseSkeletonPredictor(SkeletonPredictor):
         return self.head(x).squeeze(-1)                                             # [B, E]
 
 
-PSI_HEADS = {"fc": SkeletonPredictor, "pairwise": PairwiseSkeletonPredictor}
+PSI_HEADS = {"fc": SkeletonPredictor, "pairwise": PairwiseSkeletonPredictor,
+             "solver": SolverSkeletonPredictor}
 
 
-def make_psi(c: "SkeletonConfig") -> SkeletonPredictor:
+def make_psi(c: "SkeletonConfig") -> nn.Module:
     """The skeleton predictor that ``c.psi_head`` names, with c's settings."""
     if c.psi_head not in PSI_HEADS:
         raise ValueError(f"psi_head must be one of {sorted(PSI_HEADS)}, got {c.psi_head!r}")
+    if c.psi_head == "solver":
+        if c.psi_target != "loss":
+            raise ValueError("psi_head='solver' has nothing to fit: psi_target must be 'loss'")
+        if not c.solver_frames >= 1:
+            raise ValueError(f"solver_frames must be >= 1, got {c.solver_frames}")
+        return SolverSkeletonPredictor(c)
     args = (c.num_points, c.psi_width, c.image_size, c.psi_maps, c.psi_detach_maps, c.link_grad_floor)
     return PairwiseSkeletonPredictor(*args, c.psi_pair_samples) if c.psi_head == "pairwise" else \
         SkeletonPredictor(*args)
@@ -559,12 +573,13 @@ class SkeletonModel(nn.Module):
         c = self.config
         terms = self.loss_terms(out, batch[1])
         w = self.term_weights(step)
-        loss = sum(w[k] * terms[k] for k in w)
+        loss = sum(w[k] * terms[k] for k in w if k in terms)
         logs = {k: v.detach() for k, v in terms.items()}
-        hard = out["links"].detach() >= c.link_threshold
-        logs.update(gumbel_tau=torch.tensor(out["tau"]),
-                    num_links=hard.sum(dim=(1, 2)).float().mean() / 2,
-                    num_joints=hard.any(dim=2).sum(dim=1).float().mean())
+        logs["gumbel_tau"] = torch.tensor(out["tau"])
+        if out["links"] is not None:
+            hard = out["links"].detach() >= c.link_threshold
+            logs.update(num_links=hard.sum(dim=(1, 2)).float().mean() / 2,
+                        num_joints=hard.any(dim=2).sum(dim=1).float().mean())
         return loss, logs
 
     def training_step(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:
@@ -577,7 +592,7 @@ class SkeletonModel(nn.Module):
         logits = self.pi(torch.cat([source, target]))                      # one pass: shared BN
         maps = gumbel_location_maps(logits, tau, hard=c.gumbel_hard, noise=c.gumbel_noise)
         source_maps, target_maps = maps.chunk(2)
-        links = self.psi(source, source_maps)
+        links = None if self.skips_structure() else self.psi(source, source_maps)
         background = self.background(target)
         recon = neural_point_transport(source, source_maps, target_maps, background,
                                        c.splat_sigma, c.composite_gamma, c.composite_background)
@@ -586,8 +601,16 @@ class SkeletonModel(nn.Module):
                 "source_points": expected_location(source_maps),
                 "target_points": expected_location(target_maps)}
 
+    def skips_structure(self) -> bool:
+        """True while training with ``psi_head="solver"`` and point coordinates cut off from the
+        structure terms: nothing would learn from them (the solver has no weights), so neither
+        the solver nor the terms are computed (``run`` gives links None)."""
+        return (self.training and isinstance(self.psi, SolverSkeletonPredictor)
+                and not self.config.structure_moves_points and self.config.rigidity_weight == 0)
+
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights.
+        """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights
+        (recon and contiguity only where ``out["links"]`` is None, see ``skips_structure``).
         With ``psi_target="fit"`` also "psi_fit": the binary cross-entropy of psi's links to each
         sample's own minimiser of the structure terms (``fit_links_per_sample``); the structure
         terms then see psi's links detached (they still reach the points if
@@ -598,6 +621,8 @@ class SkeletonModel(nn.Module):
         terms = {"recon": L.pyramid_mse(out["reconstruction"], target, c.pyramid_levels,
                                         c.recon_reduction),
                  "contiguity": L.contiguity_loss(*maps, c.contiguity_pool)}
+        if links is None:
+            return terms
         if c.psi_target == "fit":
             terms["psi_fit"] = psi_fit_loss(c, links, *maps, *pts)
             links = links.detach()
@@ -621,17 +646,24 @@ class SkeletonModel(nn.Module):
         return nn.utils.clip_grad_norm_(self.parameters(), c.grad_clip_norm or float("inf"))
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> SkeletonPrediction:
+    def predict(self, images: torch.Tensor, video: bool = False) -> SkeletonPrediction:
         """images: [B, 3, H, W] (or [3, H, W]) -> points at the arg-max of each point's logits,
         links from psi fed noise-free location maps (softmax at the final temperature), joints:
-        points with some link >= link_threshold. Call model.eval() first."""
+        points with some link >= link_threshold. Call model.eval() first.
+        video: the B images are the frames of one video, in order; with psi_head="solver" and
+        solver_frames K > 1, every frame then gets the one skeleton found on K of them, spread
+        evenly over the video (``SolverSkeletonPredictor.video_links``)."""
         if images.dim() == 3:
             images = images[None]
         c = self.config
         logits = self.pi(images)
         b, p, h, w = logits.shape
         maps = gumbel_location_maps(logits, c.gumbel_tau_end, noise=False)
-        links = self.psi(images, maps)
+        if video and isinstance(self.psi, SolverSkeletonPredictor) and c.solver_frames > 1:
+            frames = torch.linspace(0, b - 1, min(c.solver_frames, b)).round().long().unique()
+            links = self.psi.video_links(maps[frames.to(maps.device)]).expand(b, p, p)
+        else:
+            links = self.psi(images, maps)
         grid = pixel_grid(h, w, images.device, images.dtype)
         points = grid[logits.reshape(b, p, h * w).argmax(-1)]                 # [B, P, 2]
         return SkeletonPrediction(points, links, (links >= c.link_threshold).any(dim=-1))

@@ -11,10 +11,13 @@ import numpy as np
 from kpray.evaluation import EvaluationError
 
 
-def load_checkpoint(path: str):
+def load_checkpoint(path: str, overrides: Mapping | None = None):
     """(state dict as saved by the loop, its TrainConfig) of ``path``: a checkpoint folder
     (``checkpoint_*/`` holding ``state.pt``) or a run folder (``STORAGE/NAME``: its newest
-    checkpoint). EvaluationError when there is none."""
+    checkpoint). EvaluationError when there is none.
+    overrides: model config fields to change (``--set`` of the evaluation jobs), e.g.
+    ``{"psi_head": "solver"}`` to score a trained pi with the structure-loss solver as psi; when
+    they change ``psi_head``, psi's saved weights are dropped from the state."""
     from kpray.train.config import TrainConfig
     from kpray.train.loop import load_state
     from kpray.train.trainer import latest_state
@@ -27,16 +30,26 @@ def load_checkpoint(path: str):
         state = None
     if state is None:
         raise EvaluationError(f"no checkpoint at {path}: give a checkpoint_*/ folder or a run folder")
-    return state, TrainConfig.from_dict(state["config"])
+    cfg = TrainConfig.from_dict(state["config"])
+    if overrides:
+        old_head = cfg.model_config.get("psi_head")
+        merged = {**cfg.model_config, **overrides}
+        if isinstance(overrides.get("weights"), dict) and isinstance(cfg.model_config.get("weights"), dict):
+            merged["weights"] = {**cfg.model_config["weights"], **overrides["weights"]}
+        cfg = cfg.replace(model_config=merged)
+        if cfg.model_config.get("psi_head") != old_head:
+            state = {**state, "model": {k: v for k, v in state["model"].items()
+                                        if not k.startswith("psi.")}}
+    return state, cfg
 
 
-def load_model(path: str, device: str = "cpu"):
+def load_model(path: str, device: str = "cpu", overrides: Mapping | None = None):
     """``(model, adapter, cfg, state)`` of the checkpoint at ``path`` (see
-    :func:`load_checkpoint`), in eval mode on ``device``. AutoLink is built without its
-    perceptual network (not needed to predict)."""
+    :func:`load_checkpoint`, also for ``overrides``), in eval mode on ``device``. AutoLink is
+    built without its perceptual network (not needed to predict)."""
     from kpray.train.models import get_adapter
 
-    state, cfg = load_checkpoint(path)
+    state, cfg = load_checkpoint(path, overrides)
     if cfg.model == "autolink":
         # no loss network is needed to predict: no ImageNet file, no VGG to build
         cfg = cfg.replace(model_config={**cfg.model_config, "pretrained": False,

@@ -74,7 +74,7 @@ class SkeletonAdapter(Adapter):
         dev = next(model.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
         x = to_device({"x": x}, dev, self.image_size(model))["x"]
-        out = model.predict(x)
+        out = model.predict(x, video=True)
         pts = to_pixels(out.points.float(), frames.shape[1]).cpu().numpy()
         return {"points": pts, "links": out.links.float().cpu().numpy()}
 
@@ -118,7 +118,7 @@ class SkeletonAdapter(Adapter):
         res = {}
         for k, v in terms.items():
             for net, params in nets.items():
-                if weights[k] == 0 or not v.requires_grad:
+                if weights[k] == 0 or not v.requires_grad or not params:
                     res[f"grad_{net}/{k}"] = 0.0
                     continue
                 grads = torch.autograd.grad(weights[k] * v, params, retain_graph=True,
@@ -126,11 +126,13 @@ class SkeletonAdapter(Adapter):
                 sq = [(g.float() ** 2).sum() for g in grads if g is not None]
                 res[f"grad_{net}/{k}"] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
         with torch.no_grad():
-            z = model.psi.logits(src, out["source_maps"])                 # [B, E]
-            counts = (out["links"] >= c.link_threshold).sum(dim=(1, 2)).float() / 2
-            res["psi_z_abs"] = float(z.abs().mean())
-            res["psi_z_batch_std"] = float(z.std(dim=0).mean()) if z.shape[0] > 1 else 0.0
-            res["links_batch_std"] = float(counts.std()) if counts.numel() > 1 else 0.0
+            if hasattr(model.psi, "logits"):          # the solver (psi_head="solver") has none
+                z = model.psi.logits(src, out["source_maps"])                 # [B, E]
+                res["psi_z_abs"] = float(z.abs().mean())
+                res["psi_z_batch_std"] = float(z.std(dim=0).mean()) if z.shape[0] > 1 else 0.0
+            if out["links"] is not None:
+                counts = (out["links"] >= c.link_threshold).sum(dim=(1, 2)).float() / 2
+                res["links_batch_std"] = float(counts.std()) if counts.numel() > 1 else 0.0
         model.load_state_dict(saved, strict=False)
         model.train(was)
         return res

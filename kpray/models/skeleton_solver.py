@@ -1,0 +1,93 @@
+"""psi as a solver (``SkeletonConfig.psi_head = "solver"``): the link matrix that minimises the
+paper's weighted structure terms (near, sparse links and joints, uniform, length; eqs. 3-5, 8)
+on the points pi found, searched per image, or per video over several frames. No learned
+weights.
+
+Why: psi's network is meant to amortise exactly this minimisation, but at CPU scale it does not
+(docs/benchmarks.md, issue 11): trained by the losses it gives every image one skeleton or drops
+every link; trained by regression on these minimisers it needs far more examples than a few
+hundred episodes. The minimiser itself follows the body (on ``cartpoles-parts``: joint count
+error 1.0, structure F1 0.86). Greedy search, not gradient descent: on these losses Adam from
+S = 0.5 finds much worse minima (structure Bcc 0.02 against 0.58).
+
+    links = greedy_links(config, maps [K, P, H, W], points [K, P, 2])   # [P, P] in {0, 1}
+
+Each of the K frames enters the structure terms as both source and target (its near, uniform
+and length count twice, as a source/target pair's two frames do), and the terms are averaged
+over the K frames, so K = 1 and K > 1 weigh sparsity alike.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import vmap
+
+from kpray.losses import skeleton as L
+from kpray.ops.coords import expected_location
+
+
+def structure_objective(c, maps: torch.Tensor, points: torch.Tensor):
+    """f(S [P, P]) -> the weighted structure loss (full weights, no ramp) of links S on K frames:
+    location maps [K, P, H, W] and points [K, P, 2] (normalised), both treated as constants."""
+    from kpray.models.skeleton import link_coverages, structure_terms
+
+    maps, points = maps.detach(), points.detach()
+    k, p = points.shape[:2]
+    coverage = link_coverages(c, maps, maps, points, points)
+    w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)
+
+    def f(s: torch.Tensor) -> torch.Tensor:
+        terms = structure_terms(c, s[None].expand(k, p, p), maps, maps, points, points,
+                                coverage=coverage)
+        return sum(w[name] * v for name, v in terms.items())
+
+    return f
+
+
+@torch.no_grad()
+def greedy_links(c, maps: torch.Tensor, points: torch.Tensor, max_steps: int | None = None) -> torch.Tensor:
+    """[P, P] symmetric 0/1 links that (locally) minimise ``structure_objective`` on K frames
+    (maps [K, P, H, W], points [K, P, 2]): from no links, toggle the one link whose toggle
+    lowers the loss most, until none does (or after ``max_steps``, default P(P-1)/2 toggles).
+    Every candidate toggle of a step is scored in one batched call."""
+    p = points.shape[1]
+    f = vmap(structure_objective(c, maps, points))
+    iu, ju = torch.triu_indices(p, p, 1, device=points.device)
+    e = torch.arange(iu.numel(), device=points.device)
+    cur = points.new_zeros(p, p)
+    best = float(f(cur[None])[0])
+    for _ in range(iu.numel() if max_steps is None else max_steps):
+        cands = cur.expand(e.numel(), p, p).clone()
+        flipped = 1 - cands[e, iu, ju]
+        cands[e, iu, ju] = flipped
+        cands[e, ju, iu] = flipped
+        vals = f(cands)
+        k = int(vals.argmin())
+        if float(vals[k]) >= best - 1e-6:
+            break
+        best, cur = float(vals[k]), cands[k]
+    return cur
+
+
+class SolverSkeletonPredictor(nn.Module):
+    """(image [B, 3, H, W], location maps [B, P, H, W]) -> links [B, P, P] in {0, 1}: per image,
+    ``greedy_links`` on its own points (expected locations of the maps), with the structure
+    settings and weights of config ``c``. No parameters; no gradient flows through it."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.config = c
+        self.p = c.num_points
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, location_maps: torch.Tensor) -> torch.Tensor:
+        maps = location_maps.detach().float()
+        pts = expected_location(maps)
+        return torch.stack([greedy_links(self.config, maps[b:b + 1], pts[b:b + 1])
+                            for b in range(maps.shape[0])]).to(location_maps.dtype)
+
+    @torch.no_grad()
+    def video_links(self, location_maps: torch.Tensor) -> torch.Tensor:
+        """One skeleton for K frames of a video: maps [K, P, H, W] -> links [P, P]."""
+        maps = location_maps.detach().float()
+        return greedy_links(self.config, maps, expected_location(maps)).to(location_maps.dtype)

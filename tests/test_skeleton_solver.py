@@ -1,0 +1,102 @@
+"""psi as a solver of the structure losses (``psi_head="solver"``, kpray.models.skeleton_solver)."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from kpray import skeleton_oracle as O
+from kpray.losses.skeleton import PRESETS, LossWeights
+from kpray.models.skeleton import SkeletonConfig, SkeletonModel
+from kpray.models.skeleton_solver import greedy_links, structure_objective
+from kpray.ops.coords import to_normalised
+
+
+def solver_config(**kw) -> SkeletonConfig:
+    w = LossWeights(**{**PRESETS["cartpoles"].as_dict(), "sparse_joints": 3, "uniform": 10000})
+    return SkeletonConfig.from_preset("cartpoles", near_exclude_endpoints=False, l_max=2.0,
+                                      uniform_alpha=0.7, weights=w, **kw)
+
+
+def links_of(px: torch.Tensor, c: SkeletonConfig) -> set:
+    """Pixel points [P, 2] on a 64x64 image (one-hot maps) -> the solver's links {(i, j)}."""
+    pts = to_normalised(px[None], 64)
+    s = greedy_links(c, O.one_hot_maps(pts, 64), pts)
+    assert torch.equal(s, s.T) and not s.diagonal().any()
+    return {(i, j) for i in range(len(px)) for j in range(i + 1, len(px)) if s[i, j] == 1}
+
+
+def test_solver_links_a_straight_body_once_and_a_bent_one_through_its_corner():
+    c = solver_config(num_points=12)
+    straight = torch.tensor([[10 + 4 * k, 32.0] for k in range(12)])          # 4 px apart
+    # 7 points down x = 20 to the corner (20, 36), then 5 to the right along y = 36
+    bent = torch.tensor([[20.0, 12 + 4 * k] for k in range(7)] + [[24 + 4 * k, 36.0] for k in range(5)])
+    assert links_of(straight, c) == {(0, 11)}           # one link between the ends: 2 joints
+    assert links_of(bent, c) == {(0, 6), (6, 11)}        # no link across the gap: 3 joints
+
+
+def test_batched_objective_equals_the_loss_of_each_candidate():
+    from torch.func import vmap
+
+    from kpray.losses.skeleton import effective_weights
+    from kpray.models.skeleton import link_coverages, structure_terms
+    from kpray.ops.coords import expected_location
+
+    torch.manual_seed(0)
+    c = solver_config(num_points=5)
+    maps = torch.softmax(3 * torch.randn(2, 5, 64 * 64), -1).view(2, 5, 64, 64)
+    pts = expected_location(maps)
+    cands = (torch.rand(6, 5, 5) > 0.5).float()
+    cands = torch.triu(cands, 1) + torch.triu(cands, 1).transpose(1, 2)
+    batched = vmap(structure_objective(c, maps, pts))(cands)
+    w = effective_weights(c.loss_weights(), 10 ** 9, 0)
+    cov = link_coverages(c, maps, maps, pts, pts)
+    for s, got in zip(cands, batched):
+        terms = structure_terms(c, s[None].expand(2, 5, 5), maps, maps, pts, pts, coverage=cov)
+        assert float(got) == pytest.approx(float(sum(w[k] * v for k, v in terms.items())), rel=1e-5)
+
+
+def test_model_with_the_solver_trains_pi_alone_and_predicts_video_skeletons():
+    c = solver_config(num_points=6, pi_width=8, background_width=8, psi_head="solver",
+                      solver_frames=3)
+    model = SkeletonModel(c)
+    assert not list(model.psi.parameters())
+    x = torch.rand(2, 3, 64, 64)
+    loss, logs = model((x, x.flip(0)), step=0)
+    assert set(logs) == {"recon", "contiguity", "gumbel_tau"}     # nothing learns from the rest
+    loss.backward()
+    assert all(p.grad is not None for p in model.pi.parameters())
+    model.eval()
+    frames = torch.rand(7, 3, 64, 64)
+    per_frame = model.predict(frames).links                           # each frame its own
+    video = model.predict(frames, video=True).links                  # one for the video
+    assert per_frame.shape == video.shape == (7, 6, 6)
+    assert set(per_frame.unique().tolist()) <= {0.0, 1.0}
+    assert all(torch.equal(video[0], v) for v in video)
+    with pytest.raises(ValueError, match="psi_target"):
+        SkeletonModel(dataclasses.replace(c, psi_target="fit"))
+
+
+def test_evaluation_jobs_score_a_trained_pi_with_the_solver(tiny_checkpoint):
+    import importlib.util
+    import pathlib
+
+    root, shards, _ = tiny_checkpoint
+    path = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "compare_skeleton.py"
+    spec = importlib.util.spec_from_file_location("compare_skeleton", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = root / "cmp-solver"
+    sets = ["--set", 'psi_head="solver"', "--set", "solver_frames=4"]
+    assert job.main(["--checkpoint", str(root / "run"), "--data", str(shards), "--out", str(out),
+                     *sets]) == 0
+    c = json.loads((out / "comparison.json").read_text())
+    assert c["videos"] == 3 and "trained" in c["rows"]
+    from kpray.train.predict import load_model
+
+    model, *_ = load_model(str(root / "run"), overrides={"psi_head": "solver", "weights": {"uniform": 5.0}})
+    assert model.config.psi_head == "solver" and not list(model.psi.parameters())
+    assert model.config.loss_weights().uniform == 5.0
+    assert job.main(["--checkpoint", str(root / "run"), "--data", str(shards),
+                     "--out", str(root / "bad"), "--set", "psi_head=nope"]) == 2
+    assert not (root / "bad").exists()
