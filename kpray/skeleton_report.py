@@ -5,8 +5,9 @@
 - the untrained model: the same configuration, freshly initialised (seed 0), same protocol;
 - the best constant skeleton: one link matrix [P, P] used for every video, on the trained
   model's points; the candidates are the trained model's own thresholded link matrices of all
-  test videos, and the one with the highest mean Bcc is kept. A model whose links do not depend
-  on the image scores exactly this; beating it means the skeleton follows the image;
+  test videos, and the one with the highest mean Bcc is kept (for the row "Bcc, NaN videos left
+  out", the one highest by that row). A model whose links do not depend on the image scores
+  exactly this; beating it means the skeleton follows the image;
 - the oracle choice from the trained points: per video, the points that a Hungarian matching
   (mean distance over the video) assigns to true joints within eps, linked as their true joints
   are. It is not a model: it is the best psi could do on these points, so it bounds what a
@@ -30,7 +31,13 @@ from kpray.metrics import link_frame, spearman
 
 KEYS = (("joint_f1", "joint F1", True), ("dist", "joint distance", False),
         ("diff", "joint count difference", False), ("consistency", "consistency", True),
-        ("bcc", "structure Bcc", True), ("struct_f1", "structure F1", True))
+        ("bcc", "structure Bcc", True), ("struct_f1", "structure F1", True),
+        ("bcc_defined", "structure Bcc, NaN videos left out (as metrics.json)", True))
+# Means over videos count an undefined score (NaN) as 0, except these, which leave such videos
+# out as ``kpray.metrics.aggregate`` (metrics.json) does. Bcc is NaN where the matched joints'
+# true pairs are all links (every 1-pole cartpole: 2 joints, 1 pair), so counted as 0 it caps
+# even a perfect skeleton's mean below 1.
+NAN_LEFT_OUT = {"bcc_defined"}
 
 
 def _video_record(ep, points_px, links_pp, eps: float) -> dict:
@@ -65,17 +72,19 @@ def _joints_record(ep, joints, adj, eps: float) -> dict:
     r = evaluate_video(ep, joints, adj, eps)
     return {"joint_f1": r["joints"]["f1"], "dist": r["joints"]["dist"], "diff": r["joints"]["diff"],
             "consistency": r["joints"]["consistency"], "bcc": r["structure"]["bcc"],
+            "bcc_defined": r["structure"]["bcc"],
             "struct_f1": r["structure"]["f1"], "joints": int(joints.shape[1]),
             "links": int(np.triu(adj, 1).sum()), "true_joints": int(np.asarray(ep["joints"]).shape[1]),
             "body": str(ep.get("meta", {}).get("body", "?"))}
 
 
 def _mean(records: list[dict]) -> dict:
-    """Means over videos; an undefined score (NaN) counts as 0 for higher-is-better keys."""
+    """Means over videos; an undefined score (NaN) counts as 0 for higher-is-better keys (except
+    ``NAN_LEFT_OUT``)."""
     out = {}
     for k, _, higher in KEYS:
         a = np.array([r[k] for r in records], dtype=np.float64)
-        if higher:
+        if higher and k not in NAN_LEFT_OUT:
             a = np.nan_to_num(a, nan=0.0)
         a = a[~np.isnan(a)]
         out[k] = float(a.mean()) if a.size else math.nan
@@ -140,12 +149,14 @@ def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = 
     thr = trained.config.link_threshold
     candidates = {np.asarray(links >= thr).tobytes(): (links >= thr).astype(np.float64)
                   for _, links in preds["trained"]}
-    best, best_bcc = None, -1.0
+    best, best_bcc, best_defined = None, -1.0, math.nan
     for adj in candidates.values():
         recs = [_video_record(ep, pts, adj, eps) for ep, (pts, _) in zip(episodes, preds["trained"])]
-        bcc = _mean(recs)["bcc"]
-        if bcc > best_bcc:
-            best, best_bcc = recs, bcc
+        m = _mean(recs)
+        if m["bcc"] > best_bcc:
+            best, best_bcc = recs, m["bcc"]
+        if not math.isnan(m["bcc_defined"]) and not m["bcc_defined"] <= best_defined:
+            best_defined = m["bcc_defined"]
     records["best constant skeleton"] = best
     records["oracle choice of points"] = [_joints_record(ep, *oracle_choice(ep, pts, eps), eps)
                                           for ep, (pts, _) in zip(episodes, preds["trained"])]
@@ -159,9 +170,10 @@ def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = 
         t1, t2 = PAPER_TABLE_I["ours"][family], PAPER_TABLE_II["ours"][family]
         paper = {"joint_f1": t2["f1"], "dist": t2["dist"], "diff": t2["diff"],
                  "consistency": t2["consistency"], "bcc": t1["bcc"], "struct_f1": t1["f1"]}
+    rows = {name: _mean(r) for name, r in records.items()}
+    rows["best constant skeleton"]["bcc_defined"] = best_defined
     return {"dataset": dataset, "paper_dataset": family, "eps": eps, "videos": len(episodes),
-            "steps": int(state.get("step", 0)),
-            "rows": {name: _mean(r) for name, r in records.items()},
+            "steps": int(state.get("step", 0)), "rows": rows,
             "spearman": {name: spearman([x["joints"] for x in r], [x["true_joints"] for x in r])
                          for name, r in records.items()},
             "bodies": {name: per_body(r) for name, r in records.items()},

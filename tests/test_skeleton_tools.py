@@ -60,6 +60,17 @@ def test_oracle_choice_keeps_the_points_on_true_joints():
     assert joints.shape[1] == 3 and sub.sum() == 4
 
 
+def test_comparison_means_count_nan_as_zero_except_the_left_out_bcc():
+    from kpray.skeleton_report import KEYS, _mean
+
+    recs = [{k: 0.5 for k, _, _ in KEYS} | {"joints": 2}, {k: 0.5 for k, _, _ in KEYS} | {"joints": 4}]
+    recs[0].update(bcc=1.0, bcc_defined=1.0, dist=0.2)
+    recs[1].update(bcc=math.nan, bcc_defined=math.nan, dist=math.nan)   # a 1-pole body
+    m = _mean(recs)
+    assert m["bcc"] == pytest.approx(0.5) and m["bcc_defined"] == pytest.approx(1.0)
+    assert m["dist"] == pytest.approx(0.2) and m["joints"] == 3          # lower-is-better: left out
+
+
 def test_spearman_is_nan_for_a_constant_side():
     from kpray.metrics import spearman
 
@@ -125,6 +136,8 @@ def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
                               "oracle choice of points"}
     assert c["paper"]["joint_f1"] == 0.84 and c["videos"] == 3            # cartpoles row
     # one skeleton for every video: the same joint count whatever the body
+    for row in c["rows"].values():                     # leaving NaN videos out cannot lower it
+        assert not row["bcc_defined"] < row["bcc"]
     const = c["bodies"]["best constant skeleton"]
     assert len({v["joints"] for v in const.values()}) == 1
     assert math.isnan(c["spearman"]["best constant skeleton"])
