@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         print(f"  J = {j}: " + ", ".join(f"{k} {v:.1f}" for k, v in d.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"config": cfg.to_dict(), "mean": m,
-                                               "videos": res["videos"], "history": history[-1],
+                                               "videos": res["videos"], "history": history[-1] if history else None,
                                                "loss_of_skeletons": prefs}, indent=2, default=float))
     return 0
 

@@ -88,7 +88,8 @@ def train_psi(episodes, config, steps: int = 300, batch_size: int = 8, lr: float
     """Train a fresh psi (``config``: a SkeletonConfig) alone on the structure losses of oracle
     points of ``episodes``. Returns (psi in eval mode, history: list of per-step dicts with the
     weighted total, each unweighted term, and the links per image and their spread over the
-    batch). log: called with each history entry (e.g. a progress bar)."""
+    batch; empty for psi_head="solver", which has no weights). log: called with each history
+    entry (e.g. a progress bar)."""
     from kpray.losses import skeleton as L
     from kpray.models.skeleton import make_psi, psi_fit_loss, structure_terms
 
@@ -96,6 +97,8 @@ def train_psi(episodes, config, steps: int = 300, batch_size: int = 8, lr: float
     rng = np.random.default_rng(seed)
     data = OracleData(episodes, config.num_points)
     psi = make_psi(config)
+    if not any(True for _ in psi.parameters()):        # psi_head="solver": nothing to train
+        return psi.eval(), []
     opt = torch.optim.Adam(psi.parameters(), lr=config.lr if lr is None else lr, betas=config.betas)
     weights = config.loss_weights()
     history = []

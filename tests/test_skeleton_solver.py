@@ -2,6 +2,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,20 @@ def test_evaluation_jobs_score_a_trained_pi_with_the_solver(tiny_checkpoint):
     assert job.main(["--checkpoint", str(root / "run"), "--data", str(shards),
                      "--out", str(root / "bad"), "--set", "psi_head=nope"]) == 2
     assert not (root / "bad").exists()
+
+
+def test_solver_on_oracle_points_follows_the_body():
+    """On true points (joints, then points spread along the true links) of rendered cartpoles,
+    the solver's skeleton grows with the body and matches the truth. Fails if its links stop
+    depending on the points."""
+    from sim import render_episode
+
+    eps = [render_episode(f"cartpole:{k}", "test", seed=0, index=i, frames=4, size=64)
+           for k in (1, 3, 5) for i in range(2)]
+    psi, history = O.train_psi(eps, solver_config(num_points=16, psi_head="solver"), steps=10)
+    assert history == []                                              # nothing to train
+    r = O.evaluate_psi(psi, eps, 16, 0.15)
+    links = {k: np.mean([v["links"] for v in r["videos"] if v["body"] == f"cartpole:{k}"])
+             for k in (1, 3, 5)}
+    assert links[1] < links[3] < links[5] and links[5] >= links[1] + 1, links
+    assert r["mean"]["struct_f1"] >= 0.8 and r["mean"]["joint_f1"] >= 0.8, r["mean"]
