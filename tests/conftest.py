@@ -87,3 +87,15 @@ def tiny_checkpoint(tmp_path_factory):
     ckpt.mkdir(parents=True)
     save_state(str(ckpt), model, torch.optim.Adam(model.parameters()), 1, [], cfg)
     return root, shards, cfg
+
+
+def load_script(relpath: str):
+    """A script of the repository (``jobs/...`` or ``benchmarks/...``) imported as a module."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

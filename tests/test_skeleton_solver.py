@@ -79,14 +79,10 @@ def test_model_with_the_solver_trains_pi_alone_and_predicts_video_skeletons():
 
 
 def test_evaluation_jobs_score_a_trained_pi_with_the_solver(tiny_checkpoint):
-    import importlib.util
-    import pathlib
+    from conftest import load_script
 
     root, shards, _ = tiny_checkpoint
-    path = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "compare_skeleton.py"
-    spec = importlib.util.spec_from_file_location("compare_skeleton", path)
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_script("jobs/compare_skeleton.py")
     out = root / "cmp-solver"
     sets = ["--set", 'psi_head="solver"', "--set", "solver_frames=4"]
     assert job.main(["--checkpoint", str(root / "run"), "--data", str(shards), "--out", str(out),

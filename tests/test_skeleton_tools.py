@@ -121,14 +121,10 @@ def test_validation_reports_points_on_object_and_bodies(tiny_checkpoint):
 
 
 def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
-    import importlib.util
-    import pathlib
+    from conftest import load_script
 
     root, shards, _ = tiny_checkpoint
-    path = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "compare_skeleton.py"
-    spec = importlib.util.spec_from_file_location("compare_skeleton", path)
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_script("jobs/compare_skeleton.py")
     out = root / "cmp"
     assert job.main(["--checkpoint", str(root / "run"), "--data", str(shards), "--out", str(out)]) == 0
     c = json.loads((out / "comparison.json").read_text())
@@ -155,10 +151,9 @@ def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
 
 
 def test_probe_trains_psi_alone_on_frozen_points(tiny_checkpoint, tmp_path):
-    import importlib.util
-    import pathlib
     import shutil
 
+    from conftest import load_script
     from kpray.train.predict import load_checkpoint
 
     root, shards, _ = tiny_checkpoint
@@ -166,10 +161,7 @@ def test_probe_trains_psi_alone_on_frozen_points(tiny_checkpoint, tmp_path):
     data.mkdir()
     for name in ("train-000000.tar", "test-000000.tar"):
         shutil.copy(shards / "test-000000.tar", data / name)
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "skeleton_probe.py"
-    spec = importlib.util.spec_from_file_location("skeleton_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_script("benchmarks/skeleton_probe.py")
     out = tmp_path / "probe"
     assert probe.main(["--out", str(out), "--init", str(root / "run"), "--train-only", "psi",
                        "--log-every", "1", "--", "--data", str(data), "--preset", "cartpoles",
@@ -296,13 +288,9 @@ def test_identity_report_separates_covering_from_keeping():
     """Two points that swap joints between two frames cover both joints in every frame
     (recall 1 matched per frame) but keep neither over the video (recall 0.5 with one matching
     per video, as the joint metrics match); points that stay keep both."""
-    import importlib.util
-    import pathlib
+    from conftest import load_script
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "skeleton_identity.py"
-    spec = importlib.util.spec_from_file_location("skeleton_identity", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/skeleton_identity.py")
     joints = np.array([[[10, 10], [50, 50]]] * 2, float)                     # [T=2, J=2, 2]
     swapped = np.array([[[10, 10], [50, 50]], [[50, 50], [10, 10]]], float)
     r = mod.identity_report(swapped, joints, 64, eps=0.15)
