@@ -107,6 +107,7 @@ def test_precedence_preset_then_file_then_flags(tmp_path):
     ({"preset": "nope"}, "unknown preset"),
     ({"model_config": {"bogus": 1}}, "bogus"),
     ({"model_config": {"weights": {"bogus": 1}}}, "bogus"),
+    ({"model_config": {"weights": "{sparse_joints:1}"}}, "JSON object"),   # shell ate the quotes
     ({"lr": -1.0}, "--lr"),
     ({"lr_warmup_steps": -1}, "--lr-warmup-steps"),
     ({"lr_decay_steps": -1}, "--lr-decay-steps"),

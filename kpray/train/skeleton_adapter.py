@@ -37,6 +37,9 @@ class SkeletonAdapter(Adapter):
         if "preset" in overrides and overrides["preset"] not in S.L.PRESETS:
             raise ConfigError(f"unknown loss-weight preset {overrides['preset']!r}")
         w = overrides.get("weights")
+        if w is not None and not isinstance(w, (dict, LossWeights)):
+            raise ConfigError(f"weights must be a JSON object of loss weights, e.g. "
+                              f"'weights={{\"uniform\": 10}}', got {w!r}")
         if isinstance(w, dict):      # partial weights, merged onto the preset's row
             cur = (base if "preset" not in overrides else
                    dataclasses.replace(base, preset=overrides["preset"])).loss_weights().as_dict()
