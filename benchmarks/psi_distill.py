@@ -42,7 +42,8 @@ def main(argv=None) -> None:
     ap.add_argument("data", help="shard folder with train-*.tar and test-*.tar")
     ap.add_argument("--setting", default="{}", metavar="JSON",
                     help="SkeletonConfig fields of the loss whose optima are the targets")
-    ap.add_argument("--psi-head", default="fc", choices=sorted(S.PSI_HEADS))
+    ap.add_argument("--psi-head", default="fc",
+                    choices=sorted(h for h in S.PSI_HEADS if h != "solver"))   # one with weights
     ap.add_argument("--train-episodes", type=int, default=300)
     ap.add_argument("--pairs-per-episode", type=int, default=1, help="train pairs per episode")
     ap.add_argument("--steps", type=int, default=600)

@@ -10,7 +10,8 @@ the video later) are fixed, and the link matrix that minimises the weighted stru
 - ``fit``: free link logits per video, Adam from S = 0.5 (``fit_links_per_sample``, what
   ``psi_target="fit"`` trains psi towards);
 - ``greedy``: from no links, toggle the one link that lowers the loss most, until none does
-  (slow: a few minutes for 30 videos at P = 16, but it finds lower losses than the Adam fit).
+  (``kpray.models.skeleton_solver``, what ``psi_head="solver"`` runs; it finds lower losses than
+  the Adam fit).
 
 The minimisers are scored as the model's skeletons are (``kpray.skeleton_report``: joint and
 structure metrics, Spearman of predicted against true joint counts, joints per body). Each
@@ -32,9 +33,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kpray.data import iter_episodes  # noqa: E402
-from kpray.losses.skeleton import LossWeights, effective_weights  # noqa: E402
+from kpray.losses.skeleton import LossWeights  # noqa: E402
 from kpray.metrics import link_frame, spearman  # noqa: E402
 from kpray.models import skeleton as S  # noqa: E402
+from kpray.models import skeleton_solver as solver  # noqa: E402
 from kpray.ops.coords import expected_location  # noqa: E402
 from kpray.skeleton_report import _mean, _video_record  # noqa: E402
 from kpray.train.data import to_device  # noqa: E402
@@ -68,33 +70,9 @@ def frame_pairs(model, adapter, episodes, per_episode: int = 1, with_images: boo
 
 def greedy_links(c, sm, tm, sp, tp) -> torch.Tensor:
     """[V, P, P] 0/1 links: per video, toggle the link that lowers the weighted structure loss
-    most until none does."""
-    w = effective_weights(c.loss_weights(), 10 ** 9, 0)
-    v, p = sp.shape[:2]
-    iu = torch.triu_indices(p, p, 1)
-    out = []
-    for k in range(v):
-        one = [a[k:k + 1] for a in (sm, tm, sp, tp)]
-        cov = S.link_coverages(c, *one)
-
-        def losses(cands):                          # [N, P, P] -> [N], one video's loss each
-            return torch.stack([sum(w[n] * t for n, t in S.structure_terms(
-                c, s[None], *one, coverage=cov).items()) for s in cands])
-
-        cur = torch.zeros(p, p)
-        best = float(losses(cur[None])[0])
-        while True:
-            cands = cur.expand(iu.shape[1], p, p).clone()
-            e = torch.arange(iu.shape[1])
-            cands[e, iu[0], iu[1]] = 1 - cands[e, iu[0], iu[1]]
-            cands[e, iu[1], iu[0]] = cands[e, iu[0], iu[1]]
-            vals = losses(cands)
-            i = int(vals.argmin())
-            if float(vals[i]) >= best - 1e-6:
-                break
-            best, cur = float(vals[i]), cands[i]
-        out.append(cur)
-    return torch.stack(out)
+    of its (source, target) pair most until none does (``kpray.models.skeleton_solver``)."""
+    return torch.stack([solver.greedy_links(c, sm[k:k + 1], sp[k:k + 1], tm[k:k + 1], tp[k:k + 1])
+                        for k in range(sp.shape[0])])
 
 
 def apply_setting(config, text: str, **fields):

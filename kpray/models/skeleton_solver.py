@@ -26,18 +26,23 @@ from kpray.losses import skeleton as L
 from kpray.ops.coords import expected_location
 
 
-def structure_objective(c, maps: torch.Tensor, points: torch.Tensor):
+def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
+                        target_maps: torch.Tensor | None = None,
+                        target_points: torch.Tensor | None = None):
     """f(S [P, P]) -> the weighted structure loss (full weights, no ramp) of links S on K frames:
-    location maps [K, P, H, W] and points [K, P, 2] (normalised), both treated as constants."""
+    location maps [K, P, H, W] and points [K, P, 2] (normalised), all treated as constants. Each
+    frame is its own target unless K target frames are given (source/target pairs)."""
     from kpray.models.skeleton import link_coverages, structure_terms
 
     maps, points = maps.detach(), points.detach()
+    t_maps = maps if target_maps is None else target_maps.detach()
+    t_points = points if target_points is None else target_points.detach()
     k, p = points.shape[:2]
-    coverage = link_coverages(c, maps, maps, points, points)
+    coverage = link_coverages(c, maps, t_maps, points, t_points)
     w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)
 
     def f(s: torch.Tensor) -> torch.Tensor:
-        terms = structure_terms(c, s[None].expand(k, p, p), maps, maps, points, points,
+        terms = structure_terms(c, s[None].expand(k, p, p), maps, t_maps, points, t_points,
                                 coverage=coverage)
         return sum(w[name] * v for name, v in terms.items())
 
@@ -45,13 +50,15 @@ def structure_objective(c, maps: torch.Tensor, points: torch.Tensor):
 
 
 @torch.no_grad()
-def greedy_links(c, maps: torch.Tensor, points: torch.Tensor, max_steps: int | None = None) -> torch.Tensor:
+def greedy_links(c, maps: torch.Tensor, points: torch.Tensor,
+                 target_maps: torch.Tensor | None = None, target_points: torch.Tensor | None = None,
+                 max_steps: int | None = None) -> torch.Tensor:
     """[P, P] symmetric 0/1 links that (locally) minimise ``structure_objective`` on K frames
-    (maps [K, P, H, W], points [K, P, 2]): from no links, toggle the one link whose toggle
-    lowers the loss most, until none does (or after ``max_steps``, default P(P-1)/2 toggles).
-    Every candidate toggle of a step is scored in one batched call."""
+    (maps [K, P, H, W], points [K, P, 2]; optional targets as there): from no links, toggle the
+    one link whose toggle lowers the loss most, until none does (or after ``max_steps``,
+    default P(P-1)/2 toggles). Every candidate toggle of a step is scored in one batched call."""
     p = points.shape[1]
-    f = vmap(structure_objective(c, maps, points))
+    f = vmap(structure_objective(c, maps, points, target_maps, target_points))
     iu, ju = torch.triu_indices(p, p, 1, device=points.device)
     e = torch.arange(iu.numel(), device=points.device)
     cur = points.new_zeros(p, p)
