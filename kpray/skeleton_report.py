@@ -106,8 +106,8 @@ def _predict_all(adapter, model, episodes, seed: int) -> list[tuple[np.ndarray, 
     """(points [T, P, 2] pixels, links [P, P] of one seeded random frame) per episode."""
     out = []
     for ep in episodes:
-        p = adapter.predict(model, ep["frames"])
-        f = link_frame(seed, int(ep.get("meta", {}).get("index", 0)), len(p["links"]))
+        f = link_frame(seed, int(ep.get("meta", {}).get("index", 0)), len(ep["frames"]))
+        p = adapter.predict(model, ep["frames"], link_frame=f)
         out.append((p["points"], p["links"][f]))
     return out
 

@@ -74,6 +74,14 @@ def test_model_with_the_solver_trains_pi_alone_and_predicts_video_skeletons():
     assert per_frame.shape == video.shape == (7, 6, 6)
     assert set(per_frame.unique().tolist()) <= {0.0, 1.0}
     assert all(torch.equal(video[0], v) for v in video)
+    # K = 1 and the caller reads one frame's links: that frame alone is searched, same result
+    one = dataclasses.replace(c, solver_frames=1)
+    m1 = SkeletonModel(one)
+    m1.load_state_dict(model.state_dict())
+    m1.eval()
+    full = m1.predict(frames, video=True).links
+    picked = m1.predict(frames, video=True, link_frame=4).links
+    assert picked.shape == full.shape and all(torch.equal(full[4], v) for v in picked)
     with pytest.raises(ValueError, match="psi_target"):
         SkeletonModel(dataclasses.replace(c, psi_target="fit"))
 

@@ -646,13 +646,17 @@ class SkeletonModel(nn.Module):
         return nn.utils.clip_grad_norm_(self.parameters(), c.grad_clip_norm or float("inf"))
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, video: bool = False) -> SkeletonPrediction:
+    def predict(self, images: torch.Tensor, video: bool = False,
+                link_frame: int | None = None) -> SkeletonPrediction:
         """images: [B, 3, H, W] (or [3, H, W]) -> points at the arg-max of each point's logits,
         links from psi fed noise-free location maps (softmax at the final temperature), joints:
         points with some link >= link_threshold. Call model.eval() first.
         video: the B images are the frames of one video, in order; with psi_head="solver" and
         solver_frames K > 1, every frame then gets the one skeleton found on K of them, spread
-        evenly over the video (``SolverSkeletonPredictor.video_links``)."""
+        evenly over the video (``SolverSkeletonPredictor.video_links``).
+        link_frame: the caller reads the links of this frame only (the paper's protocol: one
+        frame's skeleton stands for the video); a solver psi then searches on that frame alone
+        and every frame gets its links, instead of one search per frame."""
         if images.dim() == 3:
             images = images[None]
         c = self.config
@@ -662,6 +666,9 @@ class SkeletonModel(nn.Module):
         if video and isinstance(self.psi, SolverSkeletonPredictor) and c.solver_frames > 1:
             frames = torch.linspace(0, b - 1, min(c.solver_frames, b)).round().long().unique()
             links = self.psi.video_links(maps[frames.to(maps.device)]).expand(b, p, p)
+        elif link_frame is not None and isinstance(self.psi, SolverSkeletonPredictor):
+            t = int(link_frame)
+            links = self.psi(images[t:t + 1], maps[t:t + 1]).expand(b, p, p)
         else:
             links = self.psi(images, maps)
         grid = pixel_grid(h, w, images.device, images.dtype)

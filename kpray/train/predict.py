@@ -74,8 +74,8 @@ def predict_episodes(model, adapter, model_name: str, episodes: Iterable[Mapping
         for ep in episodes:
             idx = int(ep["meta"]["index"])
             if model_name == "skeleton":
-                p = adapter.predict(model, ep["frames"])
                 t = link_frame(seed, idx, len(ep["frames"]))
+                p = adapter.predict(model, ep["frames"], link_frame=t)
                 points, adj = select_skeleton(p["points"], p["links"][t])
             else:
                 points, adj = adapter.keypoints(model, ep["frames"]), adapter._adjacency(model)

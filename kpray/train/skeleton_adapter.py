@@ -70,14 +70,15 @@ class SkeletonAdapter(Adapter):
         return getattr(model.config, "image_size", 64)
 
     @torch.no_grad()
-    def predict(self, model, frames: np.ndarray) -> dict:
-        """frames [T, H, W, 3] uint8 -> points [T, P, 2] pixels, link probabilities [T, P, P]."""
+    def predict(self, model, frames: np.ndarray, link_frame: int | None = None) -> dict:
+        """frames [T, H, W, 3] uint8 -> points [T, P, 2] pixels, link probabilities [T, P, P].
+        link_frame: only that frame's links will be read (see ``SkeletonModel.predict``)."""
         from kpray.train.data import to_device
 
         dev = next(model.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
         x = to_device({"x": x}, dev, self.image_size(model))["x"]
-        out = model.predict(x, video=True)
+        out = model.predict(x, video=True, link_frame=link_frame)
         pts = to_pixels(out.points.float(), frames.shape[1]).cpu().numpy()
         return {"points": pts, "links": out.links.float().cpu().numpy()}
 
@@ -159,8 +160,8 @@ class SkeletonAdapter(Adapter):
         eps = epsilon_for(cfg, test)
         recs, on, cover, counts, bodies = [], [], [], [], {}
         for ep in test:
-            p = self.predict(model, ep["frames"])
-            f = link_frame(cfg.seed, int(ep["meta"].get("index", 0)), len(p["links"]))
+            f = link_frame(cfg.seed, int(ep["meta"].get("index", 0)), len(ep["frames"]))
+            p = self.predict(model, ep["frames"], link_frame=f)
             joints, adj = select_skeleton(p["points"], p["links"][f])
             recs.append(evaluate_video(ep, joints, adj, eps))
             counts.append((joints.shape[1], ep["joints"].shape[1]))
