@@ -1,0 +1,153 @@
+"""Is it the loss or the search? The structure loss of the solver's skeleton against that of the
+oracle choice of points, per test video, term by term.
+
+    python benchmarks/solver_vs_oracle.py CHECKPOINT DATA [--set KEY=VALUE ...] [--frames 32]
+
+For each test video, pi's location maps on K frames spread over it (``solver_frames``) are fixed,
+and two link matrices [P, P] are scored by the solver's objective
+(``kpray.models.skeleton_solver.structure_objective``, the config's weights):
+
+- ``solver``: what ``psi_head="solver"`` predicts (greedy search from no links);
+- ``oracle``: the points a Hungarian matching assigns to true joints (mean distance over the
+  video <= eps, as the comparison's "oracle choice of points"), linked as the true joints are;
+- ``oracle, polished``: greedy search started from the oracle links (does the loss walk away
+  from the truth, and where to?).
+
+If the oracle scores lower than the solver, the search misses the loss's optimum; if higher, the
+loss itself prefers another skeleton, and the per-term table says which term. ``--set`` changes
+model settings as in ``jobs/evaluate.py`` (JSON values; ``weights`` merged).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from kpray.data import iter_episodes  # noqa: E402
+from kpray.losses.skeleton import effective_weights  # noqa: E402
+from kpray.metrics import normalise_pixels, pairwise_distances, video_matching  # noqa: E402
+from kpray.models import skeleton as S  # noqa: E402
+from kpray.models import skeleton_solver as solver  # noqa: E402
+from kpray.ops.coords import expected_location, pixel_grid, to_pixels  # noqa: E402
+from kpray.skeleton_report import _video_record  # noqa: E402
+from kpray.train.data import to_device  # noqa: E402
+from kpray.train.predict import load_model  # noqa: E402
+
+
+def oracle_links(ep, points_px: np.ndarray, p: int, eps: float) -> torch.Tensor:
+    """[P, P] 0/1: points matched to true joints (mean normalised distance over the video <= eps)
+    linked as their true joints are (``kpray.skeleton_report.oracle_choice``, as a link matrix)."""
+    gt = np.asarray(ep["joints"], np.float64)
+    size = np.asarray(ep["frames"]).shape[1]
+    d = pairwise_distances(normalise_pixels(points_px, size), normalise_pixels(gt, size))
+    rows, cols = video_matching(None, None, d)
+    ok = d[:, rows, cols].mean(axis=0) <= eps
+    rows, cols = rows[ok], cols[ok]
+    adj = np.asarray(ep["adjacency"], bool)
+    s = torch.zeros(p, p)
+    for a, i in zip(rows, cols):
+        for b, j in zip(rows, cols):
+            if a != b and adj[i, j]:
+                s[a, b] = 1.0
+    return s
+
+
+def polish(c, maps, pts, start: torch.Tensor) -> torch.Tensor:
+    """Greedy toggling (as ``greedy_links``) started from ``start`` [P, P] instead of no links."""
+    f = torch.func.vmap(solver.structure_objective(c, maps, pts))
+    p = start.shape[0]
+    iu, ju = torch.triu_indices(p, p, 1)
+    e = torch.arange(iu.numel())
+    cur, best = start.clone(), float(f(start[None])[0])
+    for _ in range(iu.numel()):
+        cands = cur.expand(e.numel(), p, p).clone()
+        flipped = 1 - cands[e, iu, ju]
+        cands[e, iu, ju] = flipped
+        cands[e, ju, iu] = flipped
+        vals = f(cands)
+        k = int(vals.argmin())
+        if float(vals[k]) >= best - 1e-6:
+            break
+        best, cur = float(vals[k]), cands[k]
+    return cur
+
+
+def weighted_terms(c, maps, pts, s: torch.Tensor) -> dict[str, float]:
+    """The weighted structure terms of links s [P, P] on K frames (each its own target), as
+    ``structure_objective`` sums them; "total" their sum."""
+    k, p = pts.shape[:2]
+    cov = S.link_coverages(c, maps, maps, pts, pts)
+    w = effective_weights(c.loss_weights(), 10 ** 9, 0)
+    terms = S.structure_terms(c, s[None].expand(k, p, p), maps, maps, pts, pts, coverage=cov)
+    out = {name: float(w[name] * v) for name, v in terms.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="skeleton run folder or checkpoint_* folder")
+    ap.add_argument("data", help="shard folder with test-*.tar")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="model setting (JSON value), as in jobs/evaluate.py")
+    ap.add_argument("--frames", type=int, default=None,
+                    help="frames per video the losses see (default: the config's solver_frames)")
+    ap.add_argument("--eps", type=float, default=0.15)
+    ap.add_argument("--episodes", type=int, default=None, help="first N test episodes only")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    overrides = {}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    model, adapter, cfg, _ = load_model(a.checkpoint, "cpu", overrides)
+    c = model.config
+    k = a.frames or c.solver_frames
+    episodes = list(iter_episodes(a.data, "test"))[:a.episodes]
+    rows = {"solver": [], "oracle": [], "oracle, polished": []}
+    for ep in episodes:
+        frames = np.asarray(ep["frames"])
+        x = to_device({"x": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)},
+                      torch.device("cpu"), c.image_size)["x"]
+        with torch.no_grad():
+            logits = model.pi(x)
+            maps = S.gumbel_location_maps(logits, c.gumbel_tau_end, noise=False)
+        b, p, h, w = logits.shape
+        grid = pixel_grid(h, w, x.device, x.dtype)
+        track = to_pixels(grid[logits.reshape(b, p, h * w).argmax(-1)], frames.shape[1]).numpy()
+        idx = torch.linspace(0, b - 1, min(k, b)).round().long().unique()
+        km, kp = maps[idx], expected_location(maps[idx])
+        links = {"solver": solver.greedy_links(c, km, kp),
+                 "oracle": oracle_links(ep, track.astype(np.float64), p, a.eps)}
+        links["oracle, polished"] = polish(c, km, kp, links["oracle"])
+        for name, s in links.items():
+            r = weighted_terms(c, km, kp, s)
+            r.update(_video_record(ep, track, s.numpy(), a.eps))
+            rows[name].append(r)
+    names = ["total", "near", "sparse_joints", "sparse_links", "uniform", "length"]
+    print(f"{len(episodes)} test videos, {k} frames each; weighted terms (mean), then metrics\n")
+    print("| links | " + " | ".join(names) + " | joint F1 | struct F1 | joints, 1 to 5 poles |")
+    print("|" + " --- |" * (len(names) + 4))
+    for name, recs in rows.items():
+        per_body: dict = {}
+        for r in recs:
+            per_body.setdefault(r["body"], []).append(r["joints"])
+        body = ", ".join(f"{np.mean(v):.1f}" for _, v in sorted(per_body.items()))
+        print(f"| {name} | " + " | ".join(f"{np.mean([r[n] for r in recs]):.2f}" for n in names)
+              + f" | {np.mean([r['joint_f1'] for r in recs]):.3f} | "
+              f"{np.mean([r['struct_f1'] for r in recs]):.3f} | {body} |")
+    lower = np.mean([o["total"] < s["total"] - 1e-6 for o, s in zip(rows["oracle"], rows["solver"])])
+    print(f"\noracle's loss below the solver's on {lower:.0%} of the videos")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
