@@ -1,4 +1,6 @@
 """Formulas and tiny-size forward/backward/optimisation checks of both models."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -477,6 +479,23 @@ def test_skeleton_shapes_and_gradients():
     grid = pixel_grid(64, 64)
     assert all((grid == pt).all(-1).any() for pt in pred.points[0])           # on pixel centres
     assert pred.joints(0).shape == (int(pred.joint_mask[0].sum()), 2)
+
+
+def test_skeleton_point_readout_expected_is_the_maps_mean():
+    from kpray.ops.coords import expected_location
+
+    torch.manual_seed(0)
+    model = tiny_skeleton().eval()
+    x = torch.rand(3, 3, 64, 64)
+    argmax = model.predict(x).points
+    model.config = dataclasses.replace(model.config, point_readout="expected")
+    mean = model.predict(x).points
+    with torch.no_grad():
+        want = expected_location(gumbel_location_maps(model.pi(x), model.config.gumbel_tau_end,
+                                                      noise=False))
+    assert torch.allclose(mean, want) and not torch.allclose(mean, argmax)
+    with pytest.raises(ValueError, match="point_readout"):
+        tiny_skeleton(point_readout="mode")
 
 
 def test_skeleton_ramp_and_temperature():

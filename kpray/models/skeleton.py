@@ -140,6 +140,9 @@ class SkeletonConfig:
     grad_clip_value: float = 1.0
     batch_size: int = 8             # pairs, global
     link_threshold: float = 0.5     # a link exists where S >= this (evaluation)
+    point_readout: str = "argmax"   # open: a predicted point's pixel in evaluation: "argmax" of
+                                    # its logits, or "expected" (the noise-free map's mean, what
+                                    # the structure terms and the solver use)
 
     @classmethod
     def paper_literal(cls, preset: str = "cartpoles", **overrides) -> "SkeletonConfig":
@@ -542,6 +545,8 @@ class SkeletonModel(nn.Module):
                   "rigidity_points_gain", "rigidity_start_step"):
             if not 0 <= getattr(c, k) < float("inf"):
                 raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
+        if c.point_readout not in ("argmax", "expected"):
+            raise ValueError(f"point_readout must be 'argmax' or 'expected', got {c.point_readout!r}")
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
         self.psi = make_psi(c)
         self.background = BackgroundNet(c.background_width, c.background_latent)
@@ -648,7 +653,8 @@ class SkeletonModel(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, video: bool = False,
                 link_frame: int | None = None) -> SkeletonPrediction:
-        """images: [B, 3, H, W] (or [3, H, W]) -> points at the arg-max of each point's logits,
+        """images: [B, 3, H, W] (or [3, H, W]) -> points at the arg-max of each point's logits
+        (or, with point_readout="expected", at the mean of its noise-free map),
         links from psi fed noise-free location maps (softmax at the final temperature), joints:
         points with some link >= link_threshold. Call model.eval() first.
         video: the B images are the frames of one video, in order; with psi_head="solver" and
@@ -671,6 +677,9 @@ class SkeletonModel(nn.Module):
             links = self.psi(images[t:t + 1], maps[t:t + 1]).expand(b, p, p)
         else:
             links = self.psi(images, maps)
-        grid = pixel_grid(h, w, images.device, images.dtype)
-        points = grid[logits.reshape(b, p, h * w).argmax(-1)]                 # [B, P, 2]
+        if c.point_readout == "expected":
+            points = expected_location(maps)                                   # [B, P, 2]
+        else:
+            grid = pixel_grid(h, w, images.device, images.dtype)
+            points = grid[logits.reshape(b, p, h * w).argmax(-1)]             # [B, P, 2]
         return SkeletonPrediction(points, links, (links >= c.link_threshold).any(dim=-1))
