@@ -58,26 +58,6 @@ def oracle_links(ep, points_px: np.ndarray, p: int, eps: float) -> torch.Tensor:
     return s
 
 
-def polish(c, maps, pts, start: torch.Tensor) -> torch.Tensor:
-    """Greedy toggling (as ``greedy_links``) started from ``start`` [P, P] instead of no links."""
-    f = torch.func.vmap(solver.structure_objective(c, maps, pts))
-    p = start.shape[0]
-    iu, ju = torch.triu_indices(p, p, 1)
-    e = torch.arange(iu.numel())
-    cur, best = start.clone(), float(f(start[None])[0])
-    for _ in range(iu.numel()):
-        cands = cur.expand(e.numel(), p, p).clone()
-        flipped = 1 - cands[e, iu, ju]
-        cands[e, iu, ju] = flipped
-        cands[e, ju, iu] = flipped
-        vals = f(cands)
-        k = int(vals.argmin())
-        if float(vals[k]) >= best - 1e-6:
-            break
-        best, cur = float(vals[k]), cands[k]
-    return cur
-
-
 def weighted_terms(c, maps, pts, s: torch.Tensor) -> dict[str, float]:
     """The weighted structure terms of links s [P, P] on K frames (each its own target), as
     ``structure_objective`` sums them; "total" their sum."""
@@ -127,7 +107,7 @@ def main(argv=None) -> int:
         km, kp = maps[idx], expected_location(maps[idx])
         links = {"solver": solver.greedy_links(c, km, kp),
                  "oracle": oracle_links(ep, track.astype(np.float64), p, a.eps)}
-        links["oracle, polished"] = polish(c, km, kp, links["oracle"])
+        links["oracle, polished"] = solver.greedy_links(c, km, kp, start=links["oracle"])
         for name, s in links.items():
             r = weighted_terms(c, km, kp, s)
             r.update(_video_record(ep, track, s.numpy(), a.eps))

@@ -34,6 +34,12 @@ def test_solver_links_a_straight_body_once_and_a_bent_one_through_its_corner():
     bent = torch.tensor([[20.0, 12 + 4 * k] for k in range(7)] + [[24 + 4 * k, 36.0] for k in range(5)])
     assert links_of(straight, c) == {(0, 11)}           # one link between the ends: 2 joints
     assert links_of(bent, c) == {(0, 6), (6, 11)}        # no link across the gap: 3 joints
+    # started from a link across the gap, the search drops it and ends at the same optimum
+    pts = to_normalised(bent[None], 64)
+    wrong = torch.zeros(12, 12)
+    wrong[0, 11] = wrong[11, 0] = 1
+    s = greedy_links(c, O.one_hot_maps(pts, 64), pts, start=wrong)
+    assert {(i, j) for i in range(12) for j in range(i + 1, 12) if s[i, j] == 1} == {(0, 6), (6, 11)}
 
 
 def test_batched_objective_equals_the_loss_of_each_candidate():

@@ -52,16 +52,17 @@ def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
 @torch.no_grad()
 def greedy_links(c, maps: torch.Tensor, points: torch.Tensor,
                  target_maps: torch.Tensor | None = None, target_points: torch.Tensor | None = None,
-                 max_steps: int | None = None) -> torch.Tensor:
+                 max_steps: int | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
     """[P, P] symmetric 0/1 links that (locally) minimise ``structure_objective`` on K frames
-    (maps [K, P, H, W], points [K, P, 2]; optional targets as there): from no links, toggle the
-    one link whose toggle lowers the loss most, until none does (or after ``max_steps``,
-    default P(P-1)/2 toggles). Every candidate toggle of a step is scored in one batched call."""
+    (maps [K, P, H, W], points [K, P, 2]; optional targets as there): from no links (or from
+    ``start`` [P, P]), toggle the one link whose toggle lowers the loss most, until none does (or
+    after ``max_steps``, default P(P-1)/2 toggles). Every candidate toggle of a step is scored in
+    one batched call."""
     p = points.shape[1]
     f = vmap(structure_objective(c, maps, points, target_maps, target_points))
     iu, ju = torch.triu_indices(p, p, 1, device=points.device)
     e = torch.arange(iu.numel(), device=points.device)
-    cur = points.new_zeros(p, p)
+    cur = points.new_zeros(p, p) if start is None else start.to(points).clone()
     best = float(f(cur[None])[0])
     for _ in range(iu.numel() if max_steps is None else max_steps):
         cands = cur.expand(e.numel(), p, p).clone()
