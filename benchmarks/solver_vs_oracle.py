@@ -9,7 +9,9 @@ and two link matrices [P, P] are scored by the solver's objective
 
 - ``solver``: what ``psi_head="solver"`` predicts (greedy search from no links);
 - ``oracle``: the points a Hungarian matching assigns to true joints (mean distance over the
-  video <= eps, as the comparison's "oracle choice of points"), linked as the true joints are;
+  video <= eps, as the comparison's "oracle choice of points"), linked as the true joints are.
+  As a link matrix its joints are the matched points with a matched true neighbour, so its
+  joint F1 is below the comparison's oracle row (which counts every matched point as a joint);
 - ``oracle, polished``: greedy search started from the oracle links (does the loss walk away
   from the truth, and where to?).
 
