@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     covered, kept = collections.defaultdict(list), collections.defaultdict(list)
     recall_f, recall_v = [], []
     for ep in episodes:
-        points = adapter.predict(model, ep["frames"], link_frame=0)["points"]  # links unused
+        points = adapter.points(model, ep["frames"])
         r = identity_report(np.asarray(points, float), np.asarray(ep["joints"], float),
                             ep["frames"].shape[1], eps)
         for name, c, k in zip(ep["meta"]["joint_names"], r["covered"], r["kept"]):

@@ -33,30 +33,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from kpray.data import iter_episodes  # noqa: E402
 from kpray.losses.skeleton import effective_weights  # noqa: E402
-from kpray.metrics import normalise_pixels, pairwise_distances, video_matching  # noqa: E402
 from kpray.models import skeleton as S  # noqa: E402
 from kpray.models import skeleton_solver as solver  # noqa: E402
-from kpray.ops.coords import expected_location, pixel_grid, to_pixels  # noqa: E402
-from kpray.skeleton_report import _video_record  # noqa: E402
-from kpray.train.data import to_device  # noqa: E402
+from kpray.ops.coords import expected_location, to_pixels  # noqa: E402
+from kpray.skeleton_report import _video_record, oracle_matches  # noqa: E402
 from kpray.train.predict import load_model  # noqa: E402
 
 
 def oracle_links(ep, points_px: np.ndarray, p: int, eps: float) -> torch.Tensor:
-    """[P, P] 0/1: points matched to true joints (mean normalised distance over the video <= eps)
-    linked as their true joints are (``kpray.skeleton_report.oracle_choice``, as a link matrix)."""
-    gt = np.asarray(ep["joints"], np.float64)
-    size = np.asarray(ep["frames"]).shape[1]
-    d = pairwise_distances(normalise_pixels(points_px, size), normalise_pixels(gt, size))
-    rows, cols = video_matching(None, None, d)
-    ok = d[:, rows, cols].mean(axis=0) <= eps
-    rows, cols = rows[ok], cols[ok]
-    adj = np.asarray(ep["adjacency"], bool)
+    """[P, P] 0/1: the points matched to true joints (``kpray.skeleton_report.oracle_matches``)
+    linked as their true joints are (the comparison's oracle choice, as a link matrix)."""
+    rows, cols = oracle_matches(ep, points_px, eps)
+    adj = torch.from_numpy(np.asarray(ep["adjacency"], bool)[np.ix_(cols, cols)]).float()
     s = torch.zeros(p, p)
-    for a, i in zip(rows, cols):
-        for b, j in zip(rows, cols):
-            if a != b and adj[i, j]:
-                s[a, b] = 1.0
+    s[np.ix_(rows, rows)] = adj
     return s
 
 
@@ -97,18 +87,14 @@ def main(argv=None) -> int:
     rows = {"solver": [], "oracle": [], "oracle, polished": []}
     for ep in episodes:
         frames = np.asarray(ep["frames"])
-        x = to_device({"x": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)},
-                      torch.device("cpu"), c.image_size)["x"]
         with torch.no_grad():
-            logits = model.pi(x)
+            logits = model.pi(adapter.frames_tensor(model, frames))
             maps = S.gumbel_location_maps(logits, c.gumbel_tau_end, noise=False)
-        b, p, h, w = logits.shape
-        grid = pixel_grid(h, w, x.device, x.dtype)
-        track = to_pixels(grid[logits.reshape(b, p, h * w).argmax(-1)], frames.shape[1]).numpy()
-        idx = torch.linspace(0, b - 1, min(k, b)).round().long().unique()
+        track = to_pixels(model.read_points(logits, maps), frames.shape[1]).numpy()
+        idx = solver.spread_frames(len(frames), k)
         km, kp = maps[idx], expected_location(maps[idx])
         links = {"solver": solver.greedy_links(c, km, kp),
-                 "oracle": oracle_links(ep, track.astype(np.float64), p, a.eps)}
+                 "oracle": oracle_links(ep, track.astype(np.float64), c.num_points, a.eps)}
         links["oracle, polished"] = solver.greedy_links(c, km, kp, start=links["oracle"])
         for name, s in links.items():
             r = weighted_terms(c, km, kp, s)

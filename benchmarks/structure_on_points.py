@@ -59,7 +59,7 @@ def frame_pairs(model, adapter, episodes, per_episode: int = 1, with_images: boo
             g = (f + k * t // per_episode) % t
             src.append(x[g])
             tgt.append(x[(g + t // 2) % t])
-        tracks.append(adapter.predict(model, frames, link_frame=0)["points"])  # links unused
+        tracks.append(adapter.points(model, frames))
     with torch.no_grad():
         logits = model.pi(torch.cat([torch.stack(src), torch.stack(tgt)]))
         maps = S.gumbel_location_maps(logits, model.config.gumbel_tau_end, noise=False)

@@ -47,12 +47,10 @@ def _video_record(ep, points_px, links_pp, eps: float) -> dict:
     return _joints_record(ep, *select_skeleton(points_px, links_pp), eps)
 
 
-def oracle_choice(ep, points_px, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """The best joints psi could pick among the points: (joints [T, K, 2] pixels, adj [K, K]).
-
-    points_px [T, P, 2]; the points matched to true joints by a Hungarian matching on the mean
-    distance over the video (``video_matching``, normalised units), kept where that mean is
-    <= eps, and linked as the true joints they match."""
+def oracle_matches(ep, points_px, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(point indices, true joint indices) [K] each: the points [T, P, 2] pixels matched to true
+    joints by a Hungarian matching on the mean distance over the video (``video_matching``,
+    normalised units), kept where that mean is <= eps."""
     from kpray.metrics import normalise_pixels, pairwise_distances, video_matching
 
     points_px, gt = np.asarray(points_px, np.float64), np.asarray(ep["joints"], np.float64)
@@ -60,9 +58,15 @@ def oracle_choice(ep, points_px, eps: float) -> tuple[np.ndarray, np.ndarray]:
     d = pairwise_distances(normalise_pixels(points_px, size), normalise_pixels(gt, size))
     rows, cols = video_matching(None, None, d)
     ok = d[:, rows, cols].mean(axis=0) <= eps
-    rows, cols = rows[ok], cols[ok]
+    return rows[ok], cols[ok]
+
+
+def oracle_choice(ep, points_px, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """The best joints psi could pick among the points: (joints [T, K, 2] pixels, adj [K, K]):
+    the ``oracle_matches`` of points_px [T, P, 2], linked as the true joints they match."""
+    rows, cols = oracle_matches(ep, points_px, eps)
     adj = np.asarray(ep["adjacency"], bool)[np.ix_(cols, cols)]
-    return points_px[:, rows], adj
+    return np.asarray(points_px, np.float64)[:, rows], adj
 
 
 def _joints_record(ep, joints, adj, eps: float) -> dict:

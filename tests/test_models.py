@@ -494,6 +494,9 @@ def test_skeleton_point_readout_expected_is_the_maps_mean():
         want = expected_location(gumbel_location_maps(model.pi(x), model.config.gumbel_tau_end,
                                                       noise=False))
     assert torch.allclose(mean, want) and not torch.allclose(mean, argmax)
+    assert torch.equal(model.predict_points(x), mean)                  # the same readout, no psi
+    model.config = dataclasses.replace(model.config, point_readout="argmax")
+    assert torch.equal(model.predict_points(x), argmax)
     with pytest.raises(ValueError, match="point_readout"):
         tiny_skeleton(point_readout="mode")
 

@@ -118,6 +118,10 @@ def test_validation_reports_points_on_object_and_bodies(tiny_checkpoint):
     assert 0 <= m["val_points_on_object"] <= 1 and 0 < m["val_mask_fraction"] < 0.5
     assert {"val_joints_cartpole1", "val_links_cartpole3"} <= set(m)
     assert -1 <= m["val_joint_count_spearman"] <= 1
+    model.eval()
+    frames = data["test"][0]["frames"]
+    full = adapter.predict(model, frames)
+    assert np.array_equal(adapter.points(model, frames), full["points"])   # points without psi
 
 
 def test_compare_job_writes_the_table(tiny_checkpoint, capsys):

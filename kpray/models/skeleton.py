@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kpray.losses import skeleton as L
-from kpray.models.skeleton_solver import SolverSkeletonPredictor
+from kpray.models.skeleton_solver import SolverSkeletonPredictor, spread_frames
 from kpray.models.unet import UNet
 from kpray.ops.coords import expected_location, pixel_grid
 from kpray.ops.edge_map import upper_pairs
@@ -671,16 +671,28 @@ class SkeletonModel(nn.Module):
         b, p, h, w = logits.shape
         maps = gumbel_location_maps(logits, c.gumbel_tau_end, noise=False)
         if video and isinstance(self.psi, SolverSkeletonPredictor) and c.solver_frames > 1:
-            frames = torch.linspace(0, b - 1, min(c.solver_frames, b)).round().long().unique()
-            links = self.psi.video_links(maps[frames.to(maps.device)]).expand(b, p, p)
+            frames = spread_frames(b, c.solver_frames).to(maps.device)
+            links = self.psi.video_links(maps[frames]).expand(b, p, p)
         elif link_frame is not None and isinstance(self.psi, SolverSkeletonPredictor):
             t = int(link_frame)
             links = self.psi(images[t:t + 1], maps[t:t + 1]).expand(b, p, p)
         else:
             links = self.psi(images, maps)
-        if c.point_readout == "expected":
-            points = expected_location(maps)                                   # [B, P, 2]
-        else:
-            grid = pixel_grid(h, w, images.device, images.dtype)
-            points = grid[logits.reshape(b, p, h * w).argmax(-1)]             # [B, P, 2]
+        points = self.read_points(logits, maps)
         return SkeletonPrediction(points, links, (links >= c.link_threshold).any(dim=-1))
+
+    def read_points(self, logits: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """pi's logits and noise-free location maps [B, P, H, W] -> points [B, P, 2]
+        (normalised) as ``point_readout`` says: the arg-max pixel, or the map's mean."""
+        if self.config.point_readout == "expected":
+            return expected_location(maps)
+        b, p, h, w = logits.shape
+        grid = pixel_grid(h, w, logits.device, logits.dtype)
+        return grid[logits.reshape(b, p, h * w).argmax(-1)]
+
+    @torch.no_grad()
+    def predict_points(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] -> the points [B, P, 2] of ``predict``, without running psi."""
+        logits = self.pi(images)
+        return self.read_points(logits, gumbel_location_maps(logits, self.config.gumbel_tau_end,
+                                                             noise=False))

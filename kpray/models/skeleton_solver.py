@@ -77,6 +77,12 @@ def greedy_links(c, maps: torch.Tensor, points: torch.Tensor,
     return cur
 
 
+def spread_frames(frames: int, k: int) -> torch.Tensor:
+    """Indices of min(k, frames) frames spread evenly over a video of ``frames`` frames, first
+    and last included: the frames a video's skeleton is searched on (``solver_frames``)."""
+    return torch.linspace(0, frames - 1, min(k, frames)).round().long().unique()
+
+
 class SolverSkeletonPredictor(nn.Module):
     """(image [B, 3, H, W], location maps [B, P, H, W]) -> links [B, P, P] in {0, 1}: per image,
     ``greedy_links`` on its own points (expected locations of the maps), with the structure

@@ -73,14 +73,22 @@ class SkeletonAdapter(Adapter):
     def predict(self, model, frames: np.ndarray, link_frame: int | None = None) -> dict:
         """frames [T, H, W, 3] uint8 -> points [T, P, 2] pixels, link probabilities [T, P, P].
         link_frame: only that frame's links will be read (see ``SkeletonModel.predict``)."""
-        from kpray.train.data import to_device
-
-        dev = next(model.parameters()).device
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-        x = to_device({"x": x}, dev, self.image_size(model))["x"]
-        out = model.predict(x, video=True, link_frame=link_frame)
+        out = model.predict(self.frames_tensor(model, frames), video=True, link_frame=link_frame)
         pts = to_pixels(out.points.float(), frames.shape[1]).cpu().numpy()
         return {"points": pts, "links": out.links.float().cpu().numpy()}
+
+    @torch.no_grad()
+    def points(self, model, frames: np.ndarray) -> np.ndarray:
+        """frames [T, H, W, 3] uint8 -> the points [T, P, 2] pixels of ``predict``, without psi."""
+        pts = model.predict_points(self.frames_tensor(model, frames))
+        return to_pixels(pts.float(), frames.shape[1]).cpu().numpy()
+
+    def frames_tensor(self, model, frames: np.ndarray) -> torch.Tensor:
+        """frames [T, H, W, 3] uint8 -> the model's input [T, 3, S, S] on its device."""
+        from kpray.train.data import to_device
+
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        return to_device({"x": x}, next(model.parameters()).device, self.image_size(model))["x"]
 
     @torch.no_grad()
     def preview(self, model, batch, step):
