@@ -74,6 +74,40 @@ def test_npt_moves_a_coloured_point():
     assert recon[0, 0, 30, 41] > 0.5 and recon[0, 1, 30, 41] < 0.5
 
 
+def test_npt_patch_pastes_the_source_patch_at_the_target():
+    # red left and green right of the source point: the pasted patch keeps them apart, in place
+    size = 16
+    source = torch.zeros(1, 3, size, size)
+    source[0, 0, 5, 4] = 1.0
+    source[0, 1, 5, 6] = 1.0
+    src_maps, tgt_maps = _one_hot(1, 1, size, [(5, 5)]), _one_hot(1, 1, size, [(10, 10)])
+    background = torch.full((1, 3, size, size), 0.5)
+    recon = neural_point_transport(source, src_maps, tgt_maps, background, sigma=0.01, patch=5)
+    assert torch.allclose(recon[0, :, 10, 9], torch.tensor([1.0, 0.0, 0.0]), atol=0.01)
+    assert torch.allclose(recon[0, :, 10, 11], torch.tensor([0.0, 1.0, 0.0]), atol=0.01)
+    assert recon[0, :, 10, 10].abs().max() < 0.01                       # the point's own pixel
+    assert torch.allclose(recon[0, :, 2, 2], torch.full((3,), 0.5))      # background elsewhere
+    # one colour per point (the paper) paints the patch's mean everywhere instead
+    flat = neural_point_transport(source, src_maps, tgt_maps, background, sigma=0.01)
+    assert torch.allclose(flat[0, :, 10, 9], flat[0, :, 10, 11])
+    with pytest.raises(ValueError, match="odd"):
+        neural_point_transport(source, src_maps, tgt_maps, background, patch=4)
+
+
+def test_npt_patch_of_one_colour_equals_the_colour_splat():
+    # a one-colour source: patches are that colour, so patch 3 (std as the splat's) = patch 1
+    torch.manual_seed(0)
+    b, p, size = 2, 4, 16
+    logits = torch.full((2, b, p, size, size), -1e9)
+    logits[..., 3:-3, 3:-3] = 3 * torch.randn(2, b, p, size - 6, size - 6)   # away from padding
+    src_maps, tgt_maps = torch.softmax(logits.flatten(3), -1).view(2, b, p, size, size)
+    source = torch.rand(3)[None, :, None, None].expand(b, 3, size, size).contiguous()
+    background = torch.rand(b, 3, size, size)
+    one = neural_point_transport(source, src_maps, tgt_maps, background)
+    three = neural_point_transport(source, src_maps, tgt_maps, background, patch=3, patch_sigma=0.8)
+    assert torch.allclose(one, three, atol=1e-5)
+
+
 # ---------------------------------------------------------------- AutoLink
 
 @pytest.fixture(scope="module")

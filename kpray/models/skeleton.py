@@ -93,6 +93,11 @@ class SkeletonConfig:
     splat_sigma: float = 0.8        # std (pixels) of the 3x3 Gaussians used to smooth and to splat
     composite_gamma: float = 0.1    # softmax temperature over splat strengths (soft rasteriser)
     composite_background: float = 0.0  # background's "strength"; a full splat (1) beats it by e^10
+    transport_patch: int = 1        # open: 1 (paper): a point carries one colour, splatted 3x3;
+                                    # k odd > 1: it carries the source's k x k patch around it and
+                                    # pastes it at its target location (neural_point_transport),
+                                    # so a point on a joint cannot slide along the body
+    transport_patch_sigma: float = 1.0  # std (pixels) of the k x k strength of a pasted patch
     # losses (stated: pools, alpha, levels; open: the rest)
     preset: str = "cartpoles"       # row of the paper's weight table: see L.PRESETS
     weights: L.LossWeights | None = None  # overrides the preset's weights when given
@@ -409,23 +414,72 @@ def point_colours(source: torch.Tensor, source_maps: torch.Tensor, sigma: float 
     return torch.einsum("bphw,bchw->bpc", smooth, source) / total.unsqueeze(-1)
 
 
+def gaussian_kernel(size: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[size, size] Gaussian (size odd) with centre 1."""
+    x = torch.arange(size, device=device, dtype=dtype) - size // 2
+    return torch.exp(-(x[:, None] ** 2 + x[None] ** 2) / (2 * sigma ** 2))
+
+
+def point_patches(source: torch.Tensor, source_maps: torch.Tensor, size: int,
+                  sigma: float = 0.8) -> torch.Tensor:
+    """The source's size x size patch under each smoothed source location map (the map-weighted
+    mean of the patches centred on each pixel): source [B, 3, H, W], source_maps [B, P, H, W] ->
+    [B, P, 3, size, size]; entry [.., dy + r, dx + r] is the colour at offset (dx, dy) from the
+    point, r = size // 2. size 1 is ``point_colours``."""
+    b, _, h, w = source.shape
+    smooth = _conv_each(source_maps, gaussian3x3(sigma, False, source.device, source.dtype))
+    weight = smooth.flatten(2) / smooth.sum(dim=(-1, -2)).clamp_min(1e-12)[..., None]  # [B, P, HW]
+    # edge-replicated: zero padding makes a point at the border carry black, and such points
+    # parked on the top row to paint dark sky (measured: 5-6 of 16 points, 250-500 steps)
+    r = size // 2
+    cols = F.unfold(F.pad(source, (r, r, r, r), mode="replicate"), size)   # [B, 3 size^2, HW]
+    return torch.einsum("bpn,bkn->bpk", weight, cols).view(b, -1, 3, size, size)
+
+
 def neural_point_transport(source: torch.Tensor, source_maps: torch.Tensor,
                            target_maps: torch.Tensor, background: torch.Tensor,
                            sigma: float = 0.8, gamma: float = 0.1,
-                           background_strength: float = 0.0) -> torch.Tensor:
+                           background_strength: float = 0.0, patch: int = 1,
+                           patch_sigma: float = 1.0) -> torch.Tensor:
     """NPT(source, pi(source), pi(target)) over a background -> reconstruction [B, 3, H, W].
 
-    Each point p takes colour c_p from the source (``point_colours``) and is splatted at its
-    target location: strength A_p = pi_target_p * G (3x3 Gaussian, centre 1). Splats and
-    background are composited with a weighted softmax as in the soft rasteriser, the strength
-    playing the role of depth: weight_p oc A_p exp(A_p / gamma), weight_bg oc
-    exp(background_strength / gamma)."""
-    colours = point_colours(source, source_maps, sigma)                     # [B, P, 3]
-    strength = _conv_each(target_maps, gaussian3x3(sigma, True, source.device, source.dtype))
+    patch 1 (the paper): each point p takes colour c_p from the source (``point_colours``) and
+    is splatted at its target location: strength A_p = pi_target_p * G (3x3 Gaussian, centre 1).
+    Splats and background are composited with a weighted softmax as in the soft rasteriser, the
+    strength playing the role of depth: weight_p oc A_p exp(A_p / gamma), weight_bg oc
+    exp(background_strength / gamma).
+
+    patch k > 1 (odd; not in the paper): each point carries the source's k x k patch around it
+    (``point_patches``) and pastes it at its target location, with strength A_p = pi_target_p *
+    G_k (k x k Gaussian of std patch_sigma, centre 1): the colour p gives pixel w is the
+    strength-weighted mean over target locations u of patch_p(w - u). A point whose patch is the
+    same wherever it sits along a one-colour part is free to slide along it from frame to frame;
+    one whose patch holds a colour boundary or a bend (a joint) is not, which gives points at
+    joints their identity over a video."""
+    if patch == 1:
+        colours = point_colours(source, source_maps, sigma)                 # [B, P, 3]
+        strength = _conv_each(target_maps, gaussian3x3(sigma, True, source.device, source.dtype))
+    else:
+        if patch < 1 or patch % 2 == 0:
+            raise ValueError(f"patch must be an odd size >= 1, got {patch}")
+        b, p, h, w = target_maps.shape
+        g = gaussian_kernel(patch, patch_sigma, source.device, source.dtype)
+        patches = point_patches(source, source_maps, patch, sigma)          # [B, P, 3, k, k]
+        strength = F.conv2d(target_maps.reshape(b * p, 1, h, w), g[None, None],
+                            padding=patch // 2).view(b, p, h, w)
+        # sum_u t(u) G(w - u) patch(w - u): a cross-correlation with the flipped G * patch
+        kernel = (g * patches).flip(-1, -2).reshape(b * p * 3, 1, patch, patch)
+        painted = F.conv2d(target_maps.reshape(1, b * p, h, w), kernel, padding=patch // 2,
+                           groups=b * p).view(b, p, 3, h, w)
     logits = torch.cat([torch.log(strength.clamp_min(1e-10)) + strength / gamma,
                         torch.full_like(strength[:, :1], background_strength / gamma)], dim=1)
     weights = torch.softmax(logits, dim=1)                                  # [B, P + 1, H, W]
-    fg = torch.einsum("bphw,bpc->bchw", weights[:, :-1], colours)
+    if patch == 1:
+        fg = torch.einsum("bphw,bpc->bchw", weights[:, :-1], colours)
+    else:
+        # weight_p / A_p, computed without dividing by a vanishing A_p
+        per_strength = torch.exp(strength / gamma - torch.logsumexp(logits, dim=1, keepdim=True))
+        fg = torch.einsum("bphw,bpchw->bchw", per_strength, painted)
     return fg + weights[:, -1:] * background
 
 
@@ -601,7 +655,8 @@ class SkeletonModel(nn.Module):
         links = None if self.skips_structure() else self.psi(source, source_maps)
         background = self.background(target)
         recon = neural_point_transport(source, source_maps, target_maps, background,
-                                       c.splat_sigma, c.composite_gamma, c.composite_background)
+                                       c.splat_sigma, c.composite_gamma, c.composite_background,
+                                       c.transport_patch, c.transport_patch_sigma)
         return {"tau": tau, "source_maps": source_maps, "target_maps": target_maps,
                 "links": links, "background": background, "reconstruction": recon,
                 "source_points": expected_location(source_maps),
