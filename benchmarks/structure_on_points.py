@@ -11,7 +11,10 @@ the video later) are fixed, and the link matrix that minimises the weighted stru
   ``psi_target="fit"`` trains psi towards);
 - ``greedy``: from no links, toggle the one link that lowers the loss most, until none does
   (``kpray.models.skeleton_solver``, what ``psi_head="solver"`` runs; it finds lower losses than
-  the Adam fit).
+  the Adam fit);
+- ``video``: the same greedy search on the setting's ``solver_frames`` frames spread over the
+  video, one skeleton per video: exactly what ``psi_head="solver"`` predicts, so a solver
+  setting can be tried on a trained pi without retraining (pi does not learn from it).
 
 The minimisers are scored as the model's skeletons are (``kpray.skeleton_report``: joint and
 structure metrics, Spearman of predicted against true joint counts, joints per body). Each
@@ -68,6 +71,26 @@ def frame_pairs(model, adapter, episodes, per_episode: int = 1, with_images: boo
     return (geometry, tracks, torch.stack(src)) if with_images else (geometry, tracks)
 
 
+def video_maps(model, adapter, episodes) -> list[torch.Tensor]:
+    """pi's noise-free location maps [T, P, H, W] of every frame, per video."""
+    out = []
+    for ep in episodes:
+        with torch.no_grad():
+            logits = model.pi(adapter.frames_tensor(model, np.asarray(ep["frames"])))
+            out.append(S.gumbel_location_maps(logits, model.config.gumbel_tau_end, noise=False))
+    return out
+
+
+def video_links(c, maps: list[torch.Tensor]) -> torch.Tensor:
+    """[V, P, P] 0/1 links: per video, ``greedy_links`` on ``c.solver_frames`` frames of its
+    maps [T, P, H, W] spread over it (``psi_head="solver"``'s one skeleton per video)."""
+    out = []
+    for m in maps:
+        km = m[solver.spread_frames(m.shape[0], c.solver_frames)]
+        out.append(solver.greedy_links(c, km, expected_location(km)))
+    return torch.stack(out)
+
+
 def greedy_links(c, sm, tm, sp, tp) -> torch.Tensor:
     """[V, P, P] 0/1 links: per video, toggle the link that lowers the weighted structure loss
     of its (source, target) pair most until none does (``kpray.models.skeleton_solver``)."""
@@ -110,7 +133,9 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="skeleton run folder or checkpoint_* folder")
     ap.add_argument("data", help="shard folder with test-*.tar")
-    ap.add_argument("--solver", choices=("fit", "greedy"), default="fit")
+    ap.add_argument("--solver", choices=("fit", "greedy", "video"), default="fit")
+    ap.add_argument("--split", default="test", help="shard split to score (default: test)")
+    ap.add_argument("--episodes", type=int, default=None, help="first N episodes only")
     ap.add_argument("--fit-steps", type=int, default=200)
     ap.add_argument("--setting", action="append", default=None, metavar="JSON",
                     help="SkeletonConfig fields to apply (repeatable: one row each)")
@@ -118,15 +143,18 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, adapter, _, _ = load_model(args.checkpoint)
-    episodes = list(iter_episodes(args.data, split="test"))
+    episodes = list(iter_episodes(args.data, split=args.split))[:args.episodes]
     (sm, tm, sp, tp), tracks = frame_pairs(model, adapter, episodes)
-    print(f"{len(episodes)} test videos, solver {args.solver}")
+    maps = video_maps(model, adapter, episodes) if args.solver == "video" else None
+    print(f"{len(episodes)} {args.split} videos, solver {args.solver}")
     print("| setting | joint F1 | dist | count diff | struct F1 | Bcc | joints per body | Spearman |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for text in args.setting or ["{}"]:
         c = apply_setting(model.config, text)
         if args.solver == "fit":
             links = S.fit_links_per_sample(c, sm, tm, sp, tp, None, args.fit_steps, c.psi_fit_lr)
+        elif args.solver == "video":
+            links = video_links(c, maps)
         else:
             links = greedy_links(c, sm, tm, sp, tp)
         print(score_row(f"`{text}`", score_links(episodes, tracks, links)), flush=True)
