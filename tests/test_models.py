@@ -535,6 +535,20 @@ def test_skeleton_point_readout_expected_is_the_maps_mean():
         tiny_skeleton(point_readout="mode")
 
 
+def test_skeleton_patch_transport_trains_pi_and_refuses_even_sizes():
+    torch.manual_seed(0)
+    model = tiny_skeleton(transport_patch=5)
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    out = model.run(src, tgt)
+    want = neural_point_transport(src, out["source_maps"], out["target_maps"], out["background"],
+                                  patch=5, patch_sigma=model.config.transport_patch_sigma)
+    assert torch.allclose(out["reconstruction"], want)                # the config reaches the NPT
+    ((out["reconstruction"] - tgt) ** 2).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.pi.parameters())
+    with pytest.raises(ValueError, match="transport_patch"):
+        tiny_skeleton(transport_patch=4)
+
+
 def test_skeleton_ramp_and_temperature():
     model = tiny_skeleton(gumbel_tau_start=1.0, gumbel_tau_end=0.5)
     assert model.gumbel_temperature(0) == 1.0

@@ -96,7 +96,8 @@ class SkeletonConfig:
     transport_patch: int = 1        # open: 1 (paper): a point carries one colour, splatted 3x3;
                                     # k odd > 1: it carries the source's k x k patch around it and
                                     # pastes it at its target location (neural_point_transport),
-                                    # so a point on a joint cannot slide along the body
+                                    # meant to stop a point on a joint sliding along the body
+                                    # (measured worse: points paint the body from beside it)
     transport_patch_sigma: float = 1.0  # std (pixels) of the k x k strength of a pasted patch
     # losses (stated: pools, alpha, levels; open: the rest)
     preset: str = "cartpoles"       # row of the paper's weight table: see L.PRESETS
@@ -454,8 +455,9 @@ def neural_point_transport(source: torch.Tensor, source_maps: torch.Tensor,
     G_k (k x k Gaussian of std patch_sigma, centre 1): the colour p gives pixel w is the
     strength-weighted mean over target locations u of patch_p(w - u). A point whose patch is the
     same wherever it sits along a one-colour part is free to slide along it from frame to frame;
-    one whose patch holds a colour boundary or a bend (a joint) is not, which gives points at
-    joints their identity over a video."""
+    one whose patch holds a colour boundary or a bend (a joint) is not: meant to give points at
+    joints an identity over a video. Measured on ``cartpoles-parts`` (k 5): it did not; the
+    points paint the body from beside it (docs/benchmarks.md, session 16)."""
     if patch == 1:
         colours = point_colours(source, source_maps, sigma)                 # [B, P, 3]
         strength = _conv_each(target_maps, gaussian3x3(sigma, True, source.device, source.dtype))
@@ -602,6 +604,8 @@ class SkeletonModel(nn.Module):
                 raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
         if c.point_readout not in ("argmax", "expected"):
             raise ValueError(f"point_readout must be 'argmax' or 'expected', got {c.point_readout!r}")
+        if c.transport_patch < 1 or c.transport_patch % 2 == 0:
+            raise ValueError(f"transport_patch must be an odd size >= 1, got {c.transport_patch}")
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
         self.psi = make_psi(c)
         self.background = BackgroundNet(c.background_width, c.background_latent)
