@@ -87,9 +87,7 @@ def main(argv=None) -> int:
     rows = {"solver": [], "oracle": [], "oracle, polished": []}
     for ep in episodes:
         frames = np.asarray(ep["frames"])
-        with torch.no_grad():
-            logits = model.pi(adapter.frames_tensor(model, frames))
-            maps = S.gumbel_location_maps(logits, c.gumbel_tau_end, noise=False)
+        logits, maps = model.locate(adapter.frames_tensor(model, frames))
         track = to_pixels(model.read_points(logits, maps), frames.shape[1]).numpy()
         idx = solver.spread_frames(len(frames), k)
         km, kp = maps[idx], expected_location(maps[idx])

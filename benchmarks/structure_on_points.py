@@ -40,7 +40,7 @@ from kpray.losses.skeleton import LossWeights  # noqa: E402
 from kpray.metrics import link_frame, spearman  # noqa: E402
 from kpray.models import skeleton as S  # noqa: E402
 from kpray.models import skeleton_solver as solver  # noqa: E402
-from kpray.ops.coords import expected_location  # noqa: E402
+from kpray.ops.coords import expected_location, to_pixels  # noqa: E402
 from kpray.skeleton_report import _mean, _video_record  # noqa: E402
 from kpray.train.data import to_device  # noqa: E402
 from kpray.train.predict import load_model  # noqa: E402
@@ -63,22 +63,23 @@ def frame_pairs(model, adapter, episodes, per_episode: int = 1, with_images: boo
             src.append(x[g])
             tgt.append(x[(g + t // 2) % t])
         tracks.append(adapter.points(model, frames))
-    with torch.no_grad():
-        logits = model.pi(torch.cat([torch.stack(src), torch.stack(tgt)]))
-        maps = S.gumbel_location_maps(logits, model.config.gumbel_tau_end, noise=False)
+    _, maps = model.locate(torch.cat([torch.stack(src), torch.stack(tgt)]))
     sm, tm = maps.chunk(2)
     geometry = (sm, tm, expected_location(sm), expected_location(tm))
     return (geometry, tracks, torch.stack(src)) if with_images else (geometry, tracks)
 
 
-def video_maps(model, adapter, episodes) -> list[torch.Tensor]:
-    """pi's noise-free location maps [T, P, H, W] of every frame, per video."""
-    out = []
+def video_maps(model, adapter, episodes) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """(pi's noise-free location maps [T, P, H, W] of every frame, per video; the points
+    [T, P, 2] pixels read from them as ``adapter.points`` reads them, per video): one pass of pi
+    per video for both."""
+    maps, tracks = [], []
     for ep in episodes:
-        with torch.no_grad():
-            logits = model.pi(adapter.frames_tensor(model, np.asarray(ep["frames"])))
-            out.append(S.gumbel_location_maps(logits, model.config.gumbel_tau_end, noise=False))
-    return out
+        frames = np.asarray(ep["frames"])
+        logits, m = model.locate(adapter.frames_tensor(model, frames))
+        maps.append(m)
+        tracks.append(to_pixels(model.read_points(logits, m).float(), frames.shape[1]).cpu().numpy())
+    return maps, tracks
 
 
 def video_links(c, maps: list[torch.Tensor]) -> torch.Tensor:
@@ -144,8 +145,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     model, adapter, _, _ = load_model(args.checkpoint)
     episodes = list(iter_episodes(args.data, split=args.split))[:args.episodes]
-    (sm, tm, sp, tp), tracks = frame_pairs(model, adapter, episodes)
-    maps = video_maps(model, adapter, episodes) if args.solver == "video" else None
+    if args.solver == "video":     # whole videos; no frame pairs needed
+        maps, tracks = video_maps(model, adapter, episodes)
+    else:
+        (sm, tm, sp, tp), tracks = frame_pairs(model, adapter, episodes)
     print(f"{len(episodes)} {args.split} videos, solver {args.solver}")
     print("| setting | joint F1 | dist | count diff | struct F1 | Bcc | joints per body | Spearman |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

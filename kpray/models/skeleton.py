@@ -394,17 +394,24 @@ class BackgroundNet(nn.Module):
 
 # ---------------------------------------------------------------- the neural point transporter
 
+def gaussian_kernel(size: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[size, size] Gaussian (size odd) with centre 1."""
+    x = torch.arange(size, device=device, dtype=dtype) - size // 2
+    return torch.exp(-(x[:, None] ** 2 + x[None] ** 2) / (2 * sigma ** 2))
+
+
 def gaussian3x3(sigma: float, peak_one: bool, device=None, dtype=torch.float32) -> torch.Tensor:
     """[3, 3] Gaussian; peak_one: centre = 1 (a splat of full strength), else sums to 1."""
-    x = torch.tensor([-1.0, 0.0, 1.0], device=device, dtype=dtype)
-    g = torch.exp(-(x[:, None] ** 2 + x[None] ** 2) / (2 * sigma ** 2))
+    g = gaussian_kernel(3, sigma, device, dtype)
     return g if peak_one else g / g.sum()
 
 
 def _conv_each(maps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Convolve every channel of [B, P, H, W] with the same [3, 3] kernel (zero padding)."""
+    """Convolve every channel of [B, P, H, W] with the same [k, k] kernel, k odd (zero padding,
+    same size out)."""
     b, p, h, w = maps.shape
-    return F.conv2d(maps.reshape(b * p, 1, h, w), kernel[None, None], padding=1).view(b, p, h, w)
+    return F.conv2d(maps.reshape(b * p, 1, h, w), kernel[None, None],
+                    padding=kernel.shape[-1] // 2).view(b, p, h, w)
 
 
 def point_colours(source: torch.Tensor, source_maps: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
@@ -413,12 +420,6 @@ def point_colours(source: torch.Tensor, source_maps: torch.Tensor, sigma: float 
     smooth = _conv_each(source_maps, gaussian3x3(sigma, False, source.device, source.dtype))
     total = smooth.sum(dim=(-1, -2)).clamp_min(1e-12)                        # [B, P]
     return torch.einsum("bphw,bchw->bpc", smooth, source) / total.unsqueeze(-1)
-
-
-def gaussian_kernel(size: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[size, size] Gaussian (size odd) with centre 1."""
-    x = torch.arange(size, device=device, dtype=dtype) - size // 2
-    return torch.exp(-(x[:, None] ** 2 + x[None] ** 2) / (2 * sigma ** 2))
 
 
 def point_patches(source: torch.Tensor, source_maps: torch.Tensor, size: int,
@@ -467,8 +468,7 @@ def neural_point_transport(source: torch.Tensor, source_maps: torch.Tensor,
         b, p, h, w = target_maps.shape
         g = gaussian_kernel(patch, patch_sigma, source.device, source.dtype)
         patches = point_patches(source, source_maps, patch, sigma)          # [B, P, 3, k, k]
-        strength = F.conv2d(target_maps.reshape(b * p, 1, h, w), g[None, None],
-                            padding=patch // 2).view(b, p, h, w)
+        strength = _conv_each(target_maps, g)
         # sum_u t(u) G(w - u) patch(w - u): a cross-correlation with the flipped G * patch
         kernel = (g * patches).flip(-1, -2).reshape(b * p * 3, 1, patch, patch)
         painted = F.conv2d(target_maps.reshape(1, b * p, h, w), kernel, padding=patch // 2,
@@ -726,9 +726,8 @@ class SkeletonModel(nn.Module):
         if images.dim() == 3:
             images = images[None]
         c = self.config
-        logits = self.pi(images)
+        logits, maps = self.locate(images)
         b, p, h, w = logits.shape
-        maps = gumbel_location_maps(logits, c.gumbel_tau_end, noise=False)
         if video and isinstance(self.psi, SolverSkeletonPredictor) and c.solver_frames > 1:
             frames = spread_frames(b, c.solver_frames).to(maps.device)
             links = self.psi.video_links(maps[frames]).expand(b, p, p)
@@ -750,8 +749,13 @@ class SkeletonModel(nn.Module):
         return grid[logits.reshape(b, p, h * w).argmax(-1)]
 
     @torch.no_grad()
+    def locate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W] -> (pi's logits, its noise-free location maps at the final
+        temperature), [B, P, H, W] each: what ``predict`` reads points and links from."""
+        logits = self.pi(images)
+        return logits, gumbel_location_maps(logits, self.config.gumbel_tau_end, noise=False)
+
+    @torch.no_grad()
     def predict_points(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] -> the points [B, P, 2] of ``predict``, without running psi."""
-        logits = self.pi(images)
-        return self.read_points(logits, gumbel_location_maps(logits, self.config.gumbel_tau_end,
-                                                             noise=False))
+        return self.read_points(*self.locate(images))
