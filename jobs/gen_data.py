@@ -18,7 +18,8 @@ from kpray.datagen import GenError, GenSpec, generate  # noqa: E402
 DATASET_HELP = """spiders (3-8 legs, random limb colours) | spiders0shot (train 3,6,7,8 legs; test 4,5) |
 cartpoles (1-5 poles) | swimmers (2-7 rods) | mwhc (walker, hopper, cheetah, manipulator in zero
 gravity) | single bodies: spider:K, cartpole:K, swimmer:K, walker, hopper, cheetah, manipulator |
-walker-parts etc. (a fixed colour per part type) | any name + '-nobg' (background removed: black
+walker-parts etc. (a fixed colour per part type) | cartpoles-bands, cartpole:K-bands (as -parts,
+each pole in three bands along it) | any name + '-nobg' (background removed: black
 off the object, as AutoLink's Human3.6M protocol), e.g. walker-parts-nobg"""
 
 

@@ -67,7 +67,7 @@ _FAMILY = {"spider": "spiders", "cartpole": "cartpoles", "swimmer": "swimmers", 
 
 
 # Rendering variants (``sim.datasets``: part colours, background removed) keep their bodies' scores.
-_VARIANT_SUFFIXES = ("-nobg", "-parts")
+_VARIANT_SUFFIXES = ("-nobg", "-parts", "-bands")
 
 
 def base_dataset(name: str | None) -> str:

@@ -17,6 +17,10 @@ Accepted names (``DATASET_NAMES`` lists the base names; fixed-topology names tak
   the same hue in every body), where the plain poles share one random colour. A diagnostic of
   the skeleton model: do its points keep their identity over a video when the poles, and so the
   hinges between them, look different?
+- ``cartpoles-bands``, ``cartpole:K-bands``: as ``-parts``, and each pole painted in three bands
+  along its length (bright at its hinge, dark at its far end), so that a place along a pole,
+  not only the pole, has its own look. A diagnostic of the skeleton model: do its points keep
+  one place on a pole over a video when nothing but colour tells them where they are?
 - any of the above with ``-nobg`` (``walker-parts-nobg``, ``cartpoles-nobg``, ...): the same
   episodes' bodies with the background removed, every pixel off the object mask black (floor,
   horizon, rails). AutoLink's main Human3.6M numbers are on background-removed images (its
@@ -35,6 +39,7 @@ DATASET_NAMES = ("spiders", "spiders0shot", "cartpoles", "swimmers", "mwhc",
 SPLITS = ("train", "test")
 NO_BACKGROUND = "-nobg"  # suffix: the same dataset with the background removed
 PARTS = "-parts"         # suffix: every part its own fixed colour (bodies in _PAINTABLE)
+BANDS = "-bands"         # suffix: -parts, and every pole in bands along its length (cartpoles)
 
 # Body kinds that take a count K, with the count's name in `meta` and its accepted range.
 _COUNTED = {"spider": ("n_legs", 1, 12), "cartpole": ("n_poles", 1, 8), "swimmer": ("n_links", 2, 12)}
@@ -50,10 +55,12 @@ class BodySpec:
     kind: str
     n: int | None = None
     parts: bool = False             # every part its own colour (kinds in _PAINTABLE)
+    bands: bool = False             # as parts, and each pole in bands along it (cartpole)
 
     @property
     def name(self) -> str:
-        return (self.kind if self.n is None else f"{self.kind}:{self.n}") + ("-parts" if self.parts else "")
+        base = self.kind if self.n is None else f"{self.kind}:{self.n}"
+        return base + (BANDS if self.bands else PARTS if self.parts else "")
 
     def count_meta(self) -> dict:
         """``{"n_legs": K}`` / ``{"n_poles": K}`` / ``{"n_links": K}``, or ``{}``."""
@@ -96,6 +103,7 @@ def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
     err = ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASET_NAMES)} "
                      f"(spider/cartpole/swimmer take ':K', e.g. 'spider:5'; "
                      f"walker/hopper/cheetah/manipulator/mwhc/cartpoles/cartpole:K take '-parts'; "
+                     f"cartpoles/cartpole:K take '-bands'; "
                      f"any takes '-nobg')")
     if not isinstance(name, str):
         raise err
@@ -127,10 +135,20 @@ def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
         except ValueError:
             raise err from None
         bodies = base.train + base.test
-        if not base.background or any(b.parts or b.kind not in _PAINTABLE for b in bodies):
+        if not base.background or any(b.parts or b.bands or b.kind not in _PAINTABLE for b in bodies):
             raise err
         return DatasetSpec(base.name + PARTS, tuple(replace(b, parts=True) for b in base.train),
                            tuple(replace(b, parts=True) for b in base.test))
+    if key.endswith(BANDS):
+        try:
+            base = parse_dataset(key[:-len(BANDS)])
+        except ValueError:
+            raise err from None
+        bodies = base.train + base.test
+        if not base.background or any(b.parts or b.bands or b.kind != "cartpole" for b in bodies):
+            raise err
+        return DatasetSpec(base.name + BANDS, tuple(replace(b, bands=True) for b in base.train),
+                           tuple(replace(b, bands=True) for b in base.test))
     kind, sep, count = key.partition(":")
     if sep and kind in _COUNTED and count.isdigit():
         k = int(count)

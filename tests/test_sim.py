@@ -152,7 +152,8 @@ def test_dataset_spec_accepts_str_or_spec():
                                  "cartpole:9", "swimmer:1", "spiders:3", "spider:3-parts",
                                  "spiders-parts", "walker-part", "walker-nobg-nobg", "nope-nobg",
                                  "walker-nobg-parts", "-nobg", "swimmers-parts", "cartpoles-parts-parts",
-                                 "cartpoles-nobg-parts"])
+                                 "cartpoles-nobg-parts", "walker-bands", "cartpoles-parts-bands",
+                                 "cartpoles-bands-parts", "cartpoles-bands-bands", "cartpoles-nobg-bands"])
 def test_unknown_dataset_raises(bad):
     with pytest.raises(ValueError, match="unknown dataset"):
         parse_dataset(bad)
@@ -218,6 +219,43 @@ def test_cartpole_parts_colour_each_pole_alike_in_every_body():
     assert np.linalg.norm(plain[:, None] - plain[None], axis=-1).max() < 0.4
     ep = render_episode("cartpole:2-parts", "test", seed=0, index=0, frames=2, size=32)
     assert ep["meta"]["body"] == "cartpole:2-parts" and np.asarray(ep["joints"]).shape[1] == 3
+
+
+def test_cartpole_bands_paint_each_pole_bright_at_its_hinge_dark_at_its_end():
+    import colorsys
+
+    import mujoco
+
+    from sim.bodies import build_body
+
+    spec = parse_dataset("cartpoles-bands")
+    assert spec.name == "cartpoles-bands" and [b.name for b in spec.test] == [
+        f"cartpole:{k}-bands" for k in range(1, 6)]
+    assert parse_dataset("cartpole:3-bands").train[0].n == 3
+    assert parse_dataset("cartpoles-bands-nobg").background is False
+    body = build_body(parse_dataset("cartpole:3-bands").train[0], np.random.default_rng(0))
+    parts = build_body(parse_dataset("cartpole:3-parts").train[0], np.random.default_rng(0))
+    m = body.model
+    for i in range(1, 4):
+        pole = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"pole_{i}")
+        length = 2 * m.geom_size[pole, 1]
+        bands = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"pole_{i}_band_{j}") for j in range(3)]
+        assert min(bands) >= 0 and (m.geom_bodyid[bands] == m.geom_bodyid[pole]).all()
+        # end to end from the hinge (z = 0) to the far end, covering the pole's side
+        centres = m.geom_pos[bands, 2]
+        assert np.allclose(centres, length * (np.arange(3) + 0.5) / 3, atol=1e-6)
+        assert (m.geom_size[bands, 0] > m.geom_size[pole, 0]).all() and (m.body_mass[m.geom_bodyid[pole]] > 0)
+        hsv = np.array([colorsys.rgb_to_hsv(*m.geom_rgba[g, :3]) for g in [pole, *bands]])
+        assert np.allclose(hsv[:, 0], hsv[0, 0], atol=1e-3)          # the pole's hue throughout
+        assert hsv[1, 2] - hsv[2, 2] > 0.2 and hsv[2, 2] - hsv[3, 2] > 0.2  # darker away from the hinge
+    # the same body as -parts otherwise: geometry, part hues and the skeleton
+    for g in ("cart", "pole_1", "pole_3"):
+        a, b = (mujoco.mj_name2id(x.model, mujoco.mjtObj.mjOBJ_GEOM, g) for x in (body, parts))
+        assert np.allclose(body.model.geom_rgba[a], parts.model.geom_rgba[b])
+        assert np.allclose(body.model.geom_size[a], parts.model.geom_size[b])
+    assert body.skeleton.edges == parts.skeleton.edges and body.skeleton.names == parts.skeleton.names
+    ep = render_episode("cartpole:2-bands", "test", seed=0, index=0, frames=2, size=32)
+    assert ep["meta"]["body"] == "cartpole:2-bands" and np.asarray(ep["joints"]).shape[1] == 3
 
 
 def test_nobg_removes_the_background_and_nothing_else():

@@ -11,7 +11,7 @@ from sim.bodies.base import Body, Skeleton
 
 _BUILDERS = {
     "spider": lambda s, rng, q: spider.build(s.n, rng, q),
-    "cartpole": lambda s, rng, q: cartpole.build(s.n, rng, q, parts=s.parts),
+    "cartpole": lambda s, rng, q: cartpole.build(s.n, rng, q, parts=s.parts, bands=s.bands),
     "swimmer": lambda s, rng, q: swimmer.build(s.n, rng, q),
     **{k: (lambda s, rng, q, k=k: mwhc.build(k, rng, q, parts=s.parts)) for k in mwhc.KINDS},
 }

@@ -51,15 +51,24 @@ _XML = """
 
 
 def make_model(n_poles: int, rng: np.random.Generator,
-               quality: str = "fast") -> tuple[str, dict, dict]:
+               quality: str = "fast", bands: int = 0) -> tuple[str, dict, dict]:
+    """MJCF of the chain; with ``bands`` > 0 each pole also holds that many massless cylinders
+    (``pole_i_band_j``, j = 0 at its hinge), end to end along it and a hair wider, which cover
+    its side so that they can be painted apart."""
     length = rng.uniform(0.85, 1.15) * 1.6 / (1.0 + 0.4 * (n_poles - 1))
     radius = rng.uniform(0.055, 0.07)
     poles, close = [], []
     for i in range(1, n_poles + 1):
         pos = "" if i == 1 else f' pos="0 0 {length}"'
         indent = "      " + "  " * (i - 1)
+        geoms = [f'{indent}  <geom name="pole_{i}"/>']
+        for j in range(bands):
+            a, b = length * j / bands, length * (j + 1) / bands
+            geoms.append(f'{indent}  <geom name="pole_{i}_band_{j}" type="cylinder" '
+                         f'fromto="0 0 {a} 0 0 {b}" size="{radius * 1.04}" mass="0" '
+                         f'contype="0" conaffinity="0"/>')
         poles.append(f'{indent}<body name="pole_{i}" childclass="pole"{pos}>\n'
-                     f'{indent}  <joint name="hinge_{i}"/>\n{indent}  <geom name="pole_{i}"/>')
+                     f'{indent}  <joint name="hinge_{i}"/>\n' + "\n".join(geoms))
         close.append(f"{indent}</body>")
     z = n_poles * length + 0.4  # hanging poles stay above the floor
     xml = _XML.format(length=length, radius=radius, z=z, light=z + 5,
@@ -82,20 +91,31 @@ def skeleton(model: mujoco.MjModel, n_poles: int) -> Skeleton:
 # hues 40 degrees apart (cart + up to 8 poles), in an order that puts 160 degrees between
 # neighbours, so that every hinge joins two clearly different colours.
 _PART_HUES = tuple((4 * i / 9) % 1.0 for i in range(9))
+# ``bands``: how many bands a pole is painted in along its length, and their brightness (HSV
+# value), from the band at the pole's hinge (bright) to the one at its far end (dark), so that
+# every third of a pole looks different from the others.
+BANDS = 3
+_BAND_VALUES = (0.95, 0.62, 0.32)
 
 
 def build(n_poles: int, rng: np.random.Generator, quality: str = "fast",
-          parts: bool = False) -> Body:
+          parts: bool = False, bands: bool = False) -> Body:
     """A cartpole with ``n_poles`` poles: a random cart colour and one random colour for the
     poles (slightly varied per pole), or with ``parts`` the cart and each pole its own fixed hue
-    (``_PART_HUES``; saturation and value jittered a little)."""
-    xml, assets, params = make_model(n_poles, rng, quality)
+    (``_PART_HUES``; saturation and value jittered a little). ``bands`` (implies ``parts``):
+    each pole also in ``BANDS`` bands of its hue along its length, bright at its hinge and dark
+    at its far end (``_BAND_VALUES``), so that a place along a pole has its own look."""
+    xml, assets, params = make_model(n_poles, rng, quality, BANDS if bands else 0)
     model = mujoco.MjModel.from_xml_string(xml, assets)
     cart = bid(model, "cart")
     poles = [bid(model, f"pole_{i}") for i in range(1, n_poles + 1)]
-    if parts:
-        for hue, b in zip(_PART_HUES, [cart, *poles]):
-            paint(model, [b], colorsys.hsv_to_rgb(hue, rng.uniform(0.75, 0.95), rng.uniform(0.8, 0.95)))
+    if parts or bands:
+        for i, (hue, b) in enumerate(zip(_PART_HUES, [cart, *poles])):
+            sat = rng.uniform(0.75, 0.95)
+            paint(model, [b], colorsys.hsv_to_rgb(hue, sat, rng.uniform(0.8, 0.95)))
+            for j in range(BANDS if bands and i > 0 else 0):
+                g = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, f"pole_{i}_band_{j}")
+                model.geom_rgba[g, :3] = colorsys.hsv_to_rgb(hue, sat, _BAND_VALUES[j])
     else:
         paint(model, [cart], random_rgb(rng))
         rgb = random_rgb(rng)
