@@ -92,6 +92,45 @@ def test_model_with_the_solver_trains_pi_alone_and_predicts_video_skeletons():
         SkeletonModel(dataclasses.replace(c, psi_target="fit"))
 
 
+def test_solver_on_a_pair_keeps_only_links_that_hold_in_both_frames():
+    from kpray.models.skeleton_solver import SolverSkeletonPredictor
+
+    c = solver_config(num_points=12)
+    straight = torch.tensor([[10 + 4 * k, 32.0] for k in range(12)])
+    bent = torch.tensor([[20.0, 12 + 4 * k] for k in range(7)] + [[24 + 4 * k, 36.0] for k in range(5)])
+    maps = [O.one_hot_maps(to_normalised(p[None], 64), 64) for p in (straight, bent)]
+
+    def pairs(s):
+        return {(i, j) for i in range(12) for j in range(i + 1, 12) if s[i, j] == 1}
+
+    solver = SolverSkeletonPredictor(c)
+    alone = solver(None, maps[0])[0]
+    assert pairs(alone) == {(0, 11)}                 # the straight frame alone: one link
+    # the same points bent in the target frame: the link across the gap no longer holds
+    paired = solver(None, maps[0], maps[1])[0]
+    assert (0, 11) not in pairs(paired) and pairs(paired) == {(0, 6), (6, 11)}
+
+
+def test_solver_rigidity_moves_pi_only_from_its_start_step():
+    c = solver_config(num_points=6, pi_width=8, background_width=8, psi_head="solver",
+                      rigidity_weight=10.0, rigidity_points_gain=0.01, rigidity_start_step=3,
+                      gumbel_noise=False)
+    model = SkeletonModel(c)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    _, logs = model((x, x.flip(0)), step=2)
+    assert "rigidity" not in logs                       # before its start the solver is skipped
+    _, logs = model((x, x.flip(0)), step=3)
+    assert {"rigidity", "num_links", "near"} <= set(logs)   # from then on: the pair's links
+    # the links are the solver's on the pair (source and target maps), not on the source alone
+    seen = []
+    solve = model.psi.forward
+    model.psi.forward = lambda image, maps, target_maps=None: seen.append(target_maps) or solve(
+        image, maps, target_maps)
+    model((x, x.flip(0)), step=3)
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (2, 6, 64, 64)
+
+
 def test_evaluation_jobs_score_a_trained_pi_with_the_solver(tiny_checkpoint):
     from conftest import load_script
 

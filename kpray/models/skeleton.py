@@ -656,7 +656,12 @@ class SkeletonModel(nn.Module):
         logits = self.pi(torch.cat([source, target]))                      # one pass: shared BN
         maps = gumbel_location_maps(logits, tau, hard=c.gumbel_hard, noise=c.gumbel_noise)
         source_maps, target_maps = maps.chunk(2)
-        links = None if self.skips_structure() else self.psi(source, source_maps)
+        if self.skips_structure(step):
+            links = None
+        elif isinstance(self.psi, SolverSkeletonPredictor):   # links that hold in both frames
+            links = self.psi(source, source_maps, target_maps)
+        else:
+            links = self.psi(source, source_maps)
         background = self.background(target)
         recon = neural_point_transport(source, source_maps, target_maps, background,
                                        c.splat_sigma, c.composite_gamma, c.composite_background,
@@ -666,12 +671,15 @@ class SkeletonModel(nn.Module):
                 "source_points": expected_location(source_maps),
                 "target_points": expected_location(target_maps)}
 
-    def skips_structure(self) -> bool:
+    def skips_structure(self, step: int = 0) -> bool:
         """True while training with ``psi_head="solver"`` and point coordinates cut off from the
-        structure terms: nothing would learn from them (the solver has no weights), so neither
-        the solver nor the terms are computed (``run`` gives links None)."""
+        structure terms (no rigidity, or not yet at ``rigidity_start_step``): nothing would learn
+        from them (the solver has no weights), so neither the solver nor the terms are computed
+        (``run`` gives links None)."""
+        c = self.config
+        rigid = c.rigidity_weight > 0 and step >= c.rigidity_start_step
         return (self.training and isinstance(self.psi, SolverSkeletonPredictor)
-                and not self.config.structure_moves_points and self.config.rigidity_weight == 0)
+                and not c.structure_moves_points and not rigid)
 
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights

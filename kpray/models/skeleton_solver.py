@@ -94,10 +94,20 @@ class SolverSkeletonPredictor(nn.Module):
         self.p = c.num_points
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, location_maps: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, location_maps: torch.Tensor,
+                target_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """Links [B, P, P] per image from its maps [B, P, H, W]; with a pair's target maps [B, P,
+        H, W] (training), the links minimise the terms with the source/target pair, as the
+        losses see it, so that a link must hold in both frames."""
         maps = location_maps.detach().float()
         pts = expected_location(maps)
-        return torch.stack([greedy_links(self.config, maps[b:b + 1], pts[b:b + 1])
+        if target_maps is None:
+            t_maps = t_pts = [None] * maps.shape[0]
+        else:
+            t_maps = target_maps.detach().float()
+            t_pts = expected_location(t_maps)
+            t_maps, t_pts = t_maps[:, None], t_pts[:, None]
+        return torch.stack([greedy_links(self.config, maps[b:b + 1], pts[b:b + 1], t_maps[b], t_pts[b])
                             for b in range(maps.shape[0])]).to(location_maps.dtype)
 
     @torch.no_grad()
