@@ -88,14 +88,14 @@ def video_links(c, maps: list[torch.Tensor]) -> torch.Tensor:
     out = []
     for m in maps:
         km = m[solver.spread_frames(m.shape[0], c.solver_frames)]
-        out.append(solver.greedy_links(c, km, expected_location(km)))
+        out.append(solver.solve_links(c, km, expected_location(km)))
     return torch.stack(out)
 
 
 def greedy_links(c, sm, tm, sp, tp) -> torch.Tensor:
     """[V, P, P] 0/1 links: per video, toggle the link that lowers the weighted structure loss
     of its (source, target) pair most until none does (``kpray.models.skeleton_solver``)."""
-    return torch.stack([solver.greedy_links(c, sm[k:k + 1], sp[k:k + 1], tm[k:k + 1], tp[k:k + 1])
+    return torch.stack([solver.solve_links(c, sm[k:k + 1], sp[k:k + 1], tm[k:k + 1], tp[k:k + 1])
                         for k in range(sp.shape[0])])
 
 

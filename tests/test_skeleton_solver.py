@@ -92,6 +92,28 @@ def test_model_with_the_solver_trains_pi_alone_and_predicts_video_skeletons():
         SkeletonModel(dataclasses.replace(c, psi_target="fit"))
 
 
+def test_spanning_tree_and_the_solver_starts():
+    from kpray.models.skeleton_solver import solve_links, spanning_tree
+
+    # an L of 4 points over two frames: the tree links each to its nearest, never 0-3 across
+    pts = torch.tensor([[[0.0, 0.0], [0.1, 0.0], [0.2, 0.0], [0.2, 0.3]]] * 2)
+    tree = spanning_tree(pts)
+    assert torch.equal(tree, tree.T) and int(tree.sum()) == 2 * 3
+    assert {(i, j) for i in range(4) for j in range(i + 1, 4) if tree[i, j]} == {(0, 1), (1, 2), (2, 3)}
+    c = solver_config(num_points=12)
+    bent = torch.tensor([[20.0, 12 + 4 * k] for k in range(7)] + [[24 + 4 * k, 36.0] for k in range(5)])
+    p = to_normalised(bent[None], 64)
+    maps = O.one_hot_maps(p, 64)
+    f = structure_objective(c, maps, p)
+    runs = {start: solve_links(dataclasses.replace(c, solver_start=start), maps, p)
+            for start in ("empty", "tree", "best")}
+    assert float(f(runs["best"])) == pytest.approx(min(float(f(runs["empty"])), float(f(runs["tree"]))))
+    assert float(f(runs["tree"])) <= float(f(spanning_tree(p)))        # toggling only lowers it
+    with pytest.raises(ValueError, match="solver_start"):
+        SkeletonModel(solver_config(num_points=6, pi_width=8, background_width=8,
+                                    psi_head="solver", solver_start="mst"))
+
+
 def test_solver_on_a_pair_keeps_only_links_that_hold_in_both_frames():
     from kpray.models.skeleton_solver import SolverSkeletonPredictor
 

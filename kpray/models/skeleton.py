@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kpray.losses import skeleton as L
-from kpray.models.skeleton_solver import SolverSkeletonPredictor, spread_frames
+from kpray.models.skeleton_solver import SOLVER_STARTS, SolverSkeletonPredictor, spread_frames
 from kpray.models.unet import UNet
 from kpray.ops.coords import expected_location, pixel_grid
 from kpray.ops.edge_map import upper_pairs
@@ -62,6 +62,9 @@ class SkeletonConfig:
     solver_frames: int = 1          # open, psi_head="solver": a video's skeleton minimises the
                                     # structure terms over this many frames spread evenly over
                                     # it (1: each frame's own skeleton, the paper's protocol)
+    solver_start: str = "empty"     # open, psi_head="solver": where the greedy search starts:
+                                    # "empty" (no links), "tree" (the points' minimum spanning
+                                    # tree) or "best" (both; the lower structure loss)
     psi_pair_samples: int = 5       # open: places sampled along a pair (pairwise head)
     psi_target: str = "loss"        # open: "loss" (paper: psi minimises the structure terms
                                     # through its shared weights) or "fit" (psi regresses, by
@@ -352,6 +355,8 @@ def make_psi(c: "SkeletonConfig") -> nn.Module:
     if c.psi_head == "solver":
         if c.psi_target != "loss":
             raise ValueError("psi_head='solver' has nothing to fit: psi_target must be 'loss'")
+        if c.solver_start not in SOLVER_STARTS:
+            raise ValueError(f"solver_start must be one of {SOLVER_STARTS}, got {c.solver_start!r}")
         if not c.solver_frames >= 1:
             raise ValueError(f"solver_frames must be >= 1, got {c.solver_frames}")
         return SolverSkeletonPredictor(c)

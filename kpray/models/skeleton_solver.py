@@ -77,6 +77,43 @@ def greedy_links(c, maps: torch.Tensor, points: torch.Tensor,
     return cur
 
 
+def spanning_tree(points: torch.Tensor) -> torch.Tensor:
+    """[P, P] symmetric 0/1 links of the minimum spanning tree of points [K, P, 2], by their
+    distance averaged over the K frames (Prim's algorithm): every point linked to the ones that
+    stay nearest to it."""
+    d = (points[:, :, None] - points[:, None]).norm(dim=-1).mean(0)       # [P, P]
+    p = d.shape[0]
+    links = d.new_zeros(p, p)
+    inside = torch.zeros(p, dtype=torch.bool, device=d.device)
+    inside[0] = True
+    for _ in range(p - 1):
+        cost = d.masked_fill(~inside[:, None] | inside[None], float("inf"))
+        i, j = divmod(int(cost.argmin()), p)
+        links[i, j] = links[j, i] = 1
+        inside[j] = True
+    return links
+
+
+SOLVER_STARTS = ("empty", "tree", "best")
+
+
+def solve_links(c, maps: torch.Tensor, points: torch.Tensor,
+                target_maps: torch.Tensor | None = None,
+                target_points: torch.Tensor | None = None) -> torch.Tensor:
+    """``greedy_links`` from the start ``c.solver_start`` names: "empty" (no links), "tree" (the
+    points' ``spanning_tree``, from which toggling drops what does not pay), or "best" (both;
+    the result with the lower weighted structure loss)."""
+    if c.solver_start not in SOLVER_STARTS:
+        raise ValueError(f"solver_start must be one of {SOLVER_STARTS}, got {c.solver_start!r}")
+    starts = {"empty": [None], "tree": [spanning_tree(points)],
+              "best": [None, spanning_tree(points)]}[c.solver_start]
+    found = [greedy_links(c, maps, points, target_maps, target_points, start=s) for s in starts]
+    if len(found) == 1:
+        return found[0]
+    f = structure_objective(c, maps, points, target_maps, target_points)
+    return min(found, key=lambda s: float(f(s)))
+
+
 def spread_frames(frames: int, k: int) -> torch.Tensor:
     """Indices of min(k, frames) frames spread evenly over a video of ``frames`` frames, first
     and last included: the frames a video's skeleton is searched on (``solver_frames``)."""
@@ -107,11 +144,11 @@ class SolverSkeletonPredictor(nn.Module):
             t_maps = target_maps.detach().float()
             t_pts = expected_location(t_maps)
             t_maps, t_pts = t_maps[:, None], t_pts[:, None]
-        return torch.stack([greedy_links(self.config, maps[b:b + 1], pts[b:b + 1], t_maps[b], t_pts[b])
+        return torch.stack([solve_links(self.config, maps[b:b + 1], pts[b:b + 1], t_maps[b], t_pts[b])
                             for b in range(maps.shape[0])]).to(location_maps.dtype)
 
     @torch.no_grad()
     def video_links(self, location_maps: torch.Tensor) -> torch.Tensor:
         """One skeleton for K frames of a video: maps [K, P, H, W] -> links [P, P]."""
         maps = location_maps.detach().float()
-        return greedy_links(self.config, maps, expected_location(maps)).to(location_maps.dtype)
+        return solve_links(self.config, maps, expected_location(maps)).to(location_maps.dtype)
