@@ -64,7 +64,8 @@ class SkeletonConfig:
                                     # it (1: each frame's own skeleton, the paper's protocol)
     solver_start: str = "empty"     # open, psi_head="solver": where the greedy search starts:
                                     # "empty" (no links), "tree" (the points' minimum spanning
-                                    # tree) or "best" (both; the lower structure loss)
+                                    # tree) or "best" (both; the lower structure loss).
+                                    # Measured: "tree" more joints, lower joint F1; "best" ~ "empty"
     psi_pair_samples: int = 5       # open: places sampled along a pair (pairwise head)
     psi_target: str = "loss"        # open: "loss" (paper: psi minimises the structure terms
                                     # through its shared weights) or "fit" (psi regresses, by
@@ -82,7 +83,9 @@ class SkeletonConfig:
     # frame but not over a video (docs/benchmarks.md). A link's two points keeping their
     # distance is what a rigid link means; it trains psi (link only rigid pairs) and moves
     # the points, by rigidity_points_gain times its gradient. Measured: the joints track
-    # each other better (consistency 0.52 -> 0.76) but leave the true joints; not in a recipe
+    # each other better (consistency 0.52 -> 0.76) but leave the true joints; not in a recipe.
+    # With psi_head="solver" the links are the solver's on each training pair (from
+    # rigidity_start_step on); measured there: more points on the object, fewer on joints
     rigidity_weight: float = 0.0
     rigidity_points_gain: float = 1.0
     rigidity_start_step: int = 0    # the term joins the loss at this step (points settled first)

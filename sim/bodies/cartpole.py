@@ -95,7 +95,7 @@ _PART_HUES = tuple((4 * i / 9) % 1.0 for i in range(9))
 # value), from the band at the pole's hinge (bright) to the one at its far end (dark), so that
 # every third of a pole looks different from the others.
 BANDS = 3
-_BAND_VALUES = (0.95, 0.62, 0.32)
+_BAND_VALUES = (0.95, 0.75, 0.55)
 
 
 def build(n_poles: int, rng: np.random.Generator, quality: str = "fast",
