@@ -129,26 +129,17 @@ def parse_dataset(name: str | DatasetSpec) -> DatasetSpec:
         return _same(key, (BodySpec(k) for k in ("walker", "hopper", "cheetah", "manipulator")))
     if key in _FIXED:
         return _same(key, (BodySpec(key),))
-    if key.endswith(PARTS):
-        try:
-            base = parse_dataset(key[:-len(PARTS)])
-        except ValueError:
-            raise err from None
-        bodies = base.train + base.test
-        if not base.background or any(b.parts or b.bands or b.kind not in _PAINTABLE for b in bodies):
-            raise err
-        return DatasetSpec(base.name + PARTS, tuple(replace(b, parts=True) for b in base.train),
-                           tuple(replace(b, parts=True) for b in base.test))
-    if key.endswith(BANDS):
-        try:
-            base = parse_dataset(key[:-len(BANDS)])
-        except ValueError:
-            raise err from None
-        bodies = base.train + base.test
-        if not base.background or any(b.parts or b.bands or b.kind != "cartpole" for b in bodies):
-            raise err
-        return DatasetSpec(base.name + BANDS, tuple(replace(b, bands=True) for b in base.train),
-                           tuple(replace(b, bands=True) for b in base.test))
+    for suffix, kinds, flag in ((PARTS, _PAINTABLE, "parts"), (BANDS, ("cartpole",), "bands")):
+        if key.endswith(suffix):   # a painted variant of a plain dataset of these kinds
+            try:
+                base = parse_dataset(key[:-len(suffix)])
+            except ValueError:
+                raise err from None
+            bodies = base.train + base.test
+            if not base.background or any(b.parts or b.bands or b.kind not in kinds for b in bodies):
+                raise err
+            return DatasetSpec(base.name + suffix, *(tuple(replace(b, **{flag: True}) for b in split)
+                                                     for split in (base.train, base.test)))
     kind, sep, count = key.partition(":")
     if sep and kind in _COUNTED and count.isdigit():
         k = int(count)
