@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kpray.losses import skeleton as L
-from kpray.models.skeleton_solver import SOLVER_STARTS, SolverSkeletonPredictor, spread_frames
+from kpray.models.skeleton_solver import SolverSkeletonPredictor, check_solver_start, spread_frames
 from kpray.models.unet import UNet
 from kpray.ops.coords import expected_location, pixel_grid
 from kpray.ops.edge_map import upper_pairs
@@ -358,8 +358,7 @@ def make_psi(c: "SkeletonConfig") -> nn.Module:
     if c.psi_head == "solver":
         if c.psi_target != "loss":
             raise ValueError("psi_head='solver' has nothing to fit: psi_target must be 'loss'")
-        if c.solver_start not in SOLVER_STARTS:
-            raise ValueError(f"solver_start must be one of {SOLVER_STARTS}, got {c.solver_start!r}")
+        check_solver_start(c)
         if not c.solver_frames >= 1:
             raise ValueError(f"solver_frames must be >= 1, got {c.solver_frames}")
         return SolverSkeletonPredictor(c)

@@ -97,16 +97,22 @@ def spanning_tree(points: torch.Tensor) -> torch.Tensor:
 SOLVER_STARTS = ("empty", "tree", "best")
 
 
+def check_solver_start(c) -> None:
+    """ValueError unless ``c.solver_start`` is one of ``SOLVER_STARTS``."""
+    if c.solver_start not in SOLVER_STARTS:
+        raise ValueError(f"solver_start must be one of {SOLVER_STARTS}, got {c.solver_start!r}")
+
+
 def solve_links(c, maps: torch.Tensor, points: torch.Tensor,
                 target_maps: torch.Tensor | None = None,
                 target_points: torch.Tensor | None = None) -> torch.Tensor:
     """``greedy_links`` from the start ``c.solver_start`` names: "empty" (no links), "tree" (the
     points' ``spanning_tree``, from which toggling drops what does not pay), or "best" (both;
     the result with the lower weighted structure loss)."""
-    if c.solver_start not in SOLVER_STARTS:
-        raise ValueError(f"solver_start must be one of {SOLVER_STARTS}, got {c.solver_start!r}")
-    starts = {"empty": [None], "tree": [spanning_tree(points)],
-              "best": [None, spanning_tree(points)]}[c.solver_start]
+    check_solver_start(c)
+    starts = [] if c.solver_start == "tree" else [None]
+    if c.solver_start != "empty":               # the tree only where it is searched from
+        starts.append(spanning_tree(points))
     found = [greedy_links(c, maps, points, target_maps, target_points, start=s) for s in starts]
     if len(found) == 1:
         return found[0]
