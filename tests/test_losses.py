@@ -39,6 +39,40 @@ def test_pyramid_mse_constant_offset():
         L.pyramid_mse(target, target, 5, "max")
 
 
+def test_pyramid_mse_weighted_by_pixel():
+    target = torch.zeros(1, 3, 8, 8)
+    pred = target.clone()
+    pred[..., :, :4] = 0.1                               # errors only in the left half
+    left_off = torch.ones(1, 1, 8, 8)
+    left_off[..., :, :4] = 0
+    assert L.pyramid_mse(pred, target, 1, "mean", left_off) == 0
+    assert torch.isclose(L.pyramid_mse(pred, target, 3, "sum", torch.ones(1, 1, 8, 8)),
+                         L.pyramid_mse(pred, target, 3, "sum"))
+    # weight 2 on the left half: the finest level's sum doubles; pooled, the weight follows
+    w = 1 + (1 - left_off)
+    assert torch.isclose(L.pyramid_mse(pred, target, 1, "sum", w), 2 * L.pyramid_mse(pred, target, 1, "sum"))
+    # level 2 (4x4): the left two columns hold error 0.01 under weight 2 -> 3 ch x 8 px x 0.02
+    assert torch.isclose(L.pyramid_mse(pred, target, 2, "sum", w) - L.pyramid_mse(pred, target, 1, "sum", w),
+                         torch.tensor(3 * 8 * 0.02))
+
+
+def test_edge_weights_on_a_thin_bar_and_a_box():
+    # a 1-px vertical bar and a 4x4 box on black: every bar pixel is an edge, the box's inside is not
+    img = torch.zeros(1, 3, 12, 12)
+    img[..., 1:11, 2] = 1.0
+    img[..., 4:8, 6:10] = 1.0
+    w = L.edge_weights(img, 1.0)[0, 0]
+    assert torch.isclose(w.mean(), torch.tensor(1.0))                       # mean 1 per image
+    assert w[5, 2] > w[5, 7]              # a bar pixel outweighs the box's inner pixel
+    assert torch.isclose(w[5, 7], w[0, 11])                                 # flat: the floor value
+    assert torch.isclose(w[0, 11], torch.tensor(1 / 2.0))                   # (1 + 0) / (1 + 1)
+    assert torch.equal(L.edge_weights(img, 0.0), torch.ones(1, 1, 12, 12))   # strength 0: eq. 1
+    # the bar's share of the weight rises from its share of the pixels
+    bar = torch.zeros(12, 12, dtype=torch.bool)
+    bar[1:11, 2] = True
+    assert w[bar].sum() / w.sum() > 2 * bar.float().mean()
+
+
 def test_neighbours_and_contiguity():
     # dilation by max-pool 7 reaches 3 pixels: points overlap iff their Chebyshev distance <= 6
     src = one_hot_maps([(5, 5), (5, 11), (14, 14)])

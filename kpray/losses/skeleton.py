@@ -29,25 +29,41 @@ RECON_REDUCTIONS = ("sum", "mean")
 
 
 def pyramid_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 5,
-                reduction: str = "sum") -> torch.Tensor:
+                reduction: str = "sum", weight: torch.Tensor | None = None) -> torch.Tensor:
     """pred, target: [B, C, H, W] -> the squared error summed over a `levels`-level pyramid (2x
     average pooling between levels, 64 -> 32 -> 16 -> 8 -> 4 by default), mean over the batch.
 
     reduction "sum": each level's squared norm ||x - y||^2 over pixels and channels, as eq. 1
     writes it (the reading under which the paper's weights, recon 10 against near 10 and length
     100-1000, give gradients of one order on pi: benchmarks/loss_balance.py); "mean": each level's
-    per-pixel mean squared error (3 * 64 * 64 = 12288 times smaller at the finest level)."""
+    per-pixel mean squared error (3 * 64 * 64 = 12288 times smaller at the finest level).
+    weight: optional per-pixel weights [B, 1, H, W] (e.g. ``edge_weights``), pooled with the
+    images to each level and multiplied into the squared error (None: eq. 1, every pixel alike)."""
     if reduction not in RECON_REDUCTIONS:
         raise ValueError(f"reduction must be one of {RECON_REDUCTIONS}, got {reduction!r}")
     total = pred.new_zeros(())
     for level in range(levels):
         if level:
             pred, target = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
-        if reduction == "mean":
-            total = total + F.mse_loss(pred, target)
-        else:
-            total = total + (pred - target).pow(2).sum(dim=(1, 2, 3)).mean()
+            weight = None if weight is None else F.avg_pool2d(weight, 2)
+        err = (pred - target).pow(2)
+        if weight is not None:
+            err = err * weight
+        total = total + (err.mean() if reduction == "mean" else err.sum(dim=(1, 2, 3)).mean())
     return total
+
+
+def edge_weights(image: torch.Tensor, strength: float) -> torch.Tensor:
+    """image [B, C, H, W] -> per-pixel weights [B, 1, H, W] with mean 1 per image:
+    (1 + strength * g / mean(g)) / (1 + strength), g the image's local contrast (|dx| + |dy| of
+    forward differences, summed over channels). Thin parts (a pole 2 px wide is all edge) then
+    weigh as much as a box of many flat pixels (the cart), where eq. 1 weighs by area.
+    strength 0: every pixel 1."""
+    dx = (image[..., :, 1:] - image[..., :, :-1]).abs().sum(1, keepdim=True)
+    dy = (image[..., 1:, :] - image[..., :-1, :]).abs().sum(1, keepdim=True)
+    g = F.pad(dx, (0, 1, 0, 0)) + F.pad(dy, (0, 0, 0, 1))
+    g = g / g.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    return (1 + strength * g) / (1 + strength)
 
 
 # ---------------------------------------------------------------- contiguity, eq. (2) and (6)

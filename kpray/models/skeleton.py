@@ -112,6 +112,9 @@ class SkeletonConfig:
     recon_reduction: str = "mean"   # open: eq. 1's squared norm, "sum" over pixels (literal) or
                                     # per-pixel "mean" (12288x smaller at 64x64; the runs that
                                     # kept pi's points on the object used it)
+    recon_edge_weight: float = 0.0  # open (not in the paper; 0 = eq. 1): each pixel's squared
+                                    # error weighted by L.edge_weights(target, this): thin parts
+                                    # weigh by their edges, not their area
     contiguity_pool: int = 7        # beta
     uniform_pool: int = 5
     uniform_alpha: float = 0.8
@@ -698,8 +701,9 @@ class SkeletonModel(nn.Module):
         c = self.config
         links, maps, pts = out["links"], (out["source_maps"], out["target_maps"]), \
             (out["source_points"], out["target_points"])
+        weight = L.edge_weights(target, c.recon_edge_weight) if c.recon_edge_weight else None
         terms = {"recon": L.pyramid_mse(out["reconstruction"], target, c.pyramid_levels,
-                                        c.recon_reduction),
+                                        c.recon_reduction, weight),
                  "contiguity": L.contiguity_loss(*maps, c.contiguity_pool)}
         if links is None:
             return terms

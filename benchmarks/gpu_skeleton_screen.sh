@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The skeleton recipe (`make learn-skeleton`'s training flags) and variants of it, side by side on
+# one GPU, each a `benchmarks/skeleton_probe.py` process (no Ray: the lent machine has none) on the
+# same rendered data, ending in the comparison `make learn-skeleton` writes (solver psi, test
+# split). A screen of changes to how pi learns, in the minutes a GPU is lent; the CPU runs of
+# `make learn-skeleton` stay the figures of record.
+#
+#   bash benchmarks/gpu_skeleton_screen.sh DATA OUTDIR [MINUTES]
+#
+# VARIANTS: lines "NAME extra training flags" (default below); STEPS (2000, the recipe's),
+# SEED (1). MINUTES caps each probe's training so that its comparison always runs.
+# Writes OUTDIR/screen.md (the table), OUTDIR/screen.tgz (each probe's log, comparison, terms and
+# skeletons.png) and OUTDIR/weights-N.pt (the trained weights, three probes to a file).
+set -u
+DATA=${1:?usage: gpu_skeleton_screen.sh DATA OUTDIR [MINUTES]}
+OUTDIR=${2:?OUTDIR}
+MINUTES=${3:-6}
+STEPS=${STEPS:-2000}
+SEED=${SEED:-1}
+W='"sparse_joints":3.0,"uniform":10000.0'
+RECIPE="--points 16 --set pi_width=16 --set psi_width=16 --set background_width=16 \
+--set psi_head=solver --set solver_frames=32 --set near_exclude_endpoints=false --set l_max=2.0 \
+--set uniform_alpha=0.7"
+VARIANTS=${VARIANTS:-"base --set weights={$W,\"contiguity\":0.0}
+base-s11 --seed 11 --set weights={$W,\"contiguity\":0.0}
+edge1 --set recon_edge_weight=1.0 --set weights={$W,\"contiguity\":0.0}
+edge3 --set recon_edge_weight=3.0 --set weights={$W,\"contiguity\":0.0}
+rep001 --set weights={$W,\"contiguity\":-0.001}
+rep01 --set weights={$W,\"contiguity\":-0.01}
+lev3 --set pyramid_levels=3 --set weights={$W,\"contiguity\":0.0}
+b16 --set batch_size=16 --set weights={$W,\"contiguity\":0.0}
+piw32 --set pi_width=32 --set weights={$W,\"contiguity\":0.0}"}
+mkdir -p "$OUTDIR/probes"
+T0=$(date +%s)
+while read -r name flags; do
+  [ -z "$name" ] && continue
+  # later flags win: a variant's --seed / --set overrides the recipe's
+  python3 benchmarks/skeleton_probe.py --out "$OUTDIR/probes/$name" --device cuda --threads 1 \
+    --minutes "$MINUTES" --log-every 50 -- --data "$DATA" --preset cartpoles --steps "$STEPS" --seed "$SEED" \
+    $RECIPE $flags >"$OUTDIR/probes/$name.log" 2>&1 &
+done <<<"$VARIANTS"
+wait
+echo "all probes done in $(( $(date +%s) - T0 )) s"
+{
+  echo "| probe | steps | train s | joint F1 | dist | count diff | Bcc (metrics.json; best constant) | struct F1 | Spearman | oracle choice joint F1 |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  for d in "$OUTDIR"/probes/*/; do
+    python3 - "$d" <<'EOF'
+import json, os, sys
+d = sys.argv[1].rstrip("/")
+name = os.path.basename(d)
+try:
+    terms = [json.loads(l) for l in open(os.path.join(d, "terms.jsonl"))]
+    c = json.load(open(os.path.join(d, "comparison.json")))
+except (OSError, ValueError) as e:
+    print(f"| {name} | failed: {e} |"); sys.exit()
+t, rows = c["rows"]["trained"], c["rows"]
+o = rows.get("oracle choice of points", {})
+secs = f"{terms[-1]['s']:.0f}" if terms else "n/a"
+print(f"| {name} | {c['steps']} | {secs} | {t['joint_f1']:.3f} | {t['dist']:.3f} | "
+      f"{t['diff']:.2f} | {t['bcc_defined']:.3f} (const {rows['best constant skeleton']['bcc_defined']:.3f}) | {t['struct_f1']:.3f} | "
+      f"{c.get('spearman', {}).get('trained', float('nan')):.2f} | {o.get('joint_f1', float('nan')):.3f} |")
+EOF
+  done
+} | tee "$OUTDIR/screen.md"
+# What comes back from a lent machine is at most 8 files of 16 MiB: the small files in one
+# archive, and the trained weights (model only, half precision: ~4.6 MB a probe) three probes
+# to a file, for solver sweeps on the CPU afterwards (benchmarks/structure_on_points.py).
+tar czf "$OUTDIR/screen.tgz" -C "$OUTDIR" --exclude='checkpoint_*' probes
+python3 - "$OUTDIR" <<'EOF'
+import glob, os, sys, torch
+out = sys.argv[1]
+ckpts = sorted(glob.glob(os.path.join(out, "probes", "*", "checkpoint_*", "state.pt")))
+for g in range(0, len(ckpts), 3):
+    pack = {}
+    for path in ckpts[g:g + 3]:
+        s = torch.load(path, map_location="cpu", weights_only=False)
+        name = os.path.relpath(os.path.dirname(path), os.path.join(out, "probes"))
+        pack[name] = {**{k: v for k, v in s.items() if k != "optimizer"},
+                      "model": {k: v.half() if v.is_floating_point() else v
+                                for k, v in s["model"].items()}}
+    torch.save(pack, os.path.join(out, f"weights-{g // 3 + 1}.pt"))
+EOF
