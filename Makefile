@@ -5,7 +5,7 @@ GL_DEBS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
 
-.PHONY: setup gl deps demo test test-fast bench clean learn-skeleton learn-autolink evaluate-autolink
+.PHONY: setup gl deps demo test test-fast bench clean learn-skeleton skeleton-recipe learn-autolink evaluate-autolink
 
 setup: gl deps
 
@@ -71,6 +71,10 @@ learn-skeleton: $(SETUP)
 	    --seed $(SEED) $(SKELETON_RECIPE) $(SKELETON_SET) --name train --storage $(abspath $(OUT))
 	$(PY) jobs/evaluate.py --checkpoint $(OUT)/train --data $(OUT)/data --out $(OUT) $(EVAL_SET)
 	$(PY) jobs/compare_skeleton.py --checkpoint $(OUT)/train --data $(OUT)/data --out $(OUT) $(EVAL_SET)
+
+# the recipe's training flags, for scripts that train it elsewhere (benchmarks/gpu_skeleton_screen.sh)
+skeleton-recipe:
+	@echo $(SKELETON_RECIPE)
 
 # AutoLink at CPU scale, from a fresh dataset (docs/benchmarks.md, "learn-autolink"): render
 # DATASET (one body, 64x64), train for AUTOLINK_STEPS (the last AUTOLINK_DECAY of them with the

@@ -7,8 +7,9 @@
 #
 #   bash benchmarks/gpu_skeleton_screen.sh DATA OUTDIR [MINUTES]
 #
-# VARIANTS: lines "NAME extra training flags" (default below); STEPS (2000, the recipe's),
-# SEED (1). MINUTES caps each probe's training so that its comparison always runs.
+# VARIANTS: lines "NAME extra training flags" (default below: session 18's screen); RECIPE (the
+# flags of `make skeleton-recipe`, read from the Makefile); STEPS (2000, the recipe's); SEED (1).
+# MINUTES caps each probe's training so that its comparison always runs.
 # Writes OUTDIR/screen.md (the table), OUTDIR/screen.tgz (each probe's log, comparison, terms and
 # skeletons.png) and OUTDIR/weights-N.pt (the trained weights, three probes to a file).
 set -u
@@ -17,19 +18,18 @@ OUTDIR=${2:?OUTDIR}
 MINUTES=${3:-6}
 STEPS=${STEPS:-2000}
 SEED=${SEED:-1}
+RECIPE=${RECIPE:-$(make -s --no-print-directory skeleton-recipe)}   # make learn-skeleton's flags
+# a variant's --set weights={...} replaces the recipe's weights whole: W restates the rest
 W='"sparse_joints":3.0,"uniform":10000.0'
-RECIPE="--points 16 --set pi_width=16 --set psi_width=16 --set background_width=16 \
---set psi_head=solver --set solver_frames=32 --set near_exclude_endpoints=false --set l_max=2.0 \
---set uniform_alpha=0.7"
-VARIANTS=${VARIANTS:-"base --set weights={$W,\"contiguity\":0.0}
-base-s11 --seed 11 --set weights={$W,\"contiguity\":0.0}
-edge1 --set recon_edge_weight=1.0 --set weights={$W,\"contiguity\":0.0}
-edge3 --set recon_edge_weight=3.0 --set weights={$W,\"contiguity\":0.0}
+VARIANTS=${VARIANTS:-"base
+base-s11 --seed 11
+edge1 --set recon_edge_weight=1.0
+edge3 --set recon_edge_weight=3.0
 rep001 --set weights={$W,\"contiguity\":-0.001}
 rep01 --set weights={$W,\"contiguity\":-0.01}
-lev3 --set pyramid_levels=3 --set weights={$W,\"contiguity\":0.0}
-b16 --set batch_size=16 --set weights={$W,\"contiguity\":0.0}
-piw32 --set pi_width=32 --set weights={$W,\"contiguity\":0.0}"}
+lev3 --set pyramid_levels=3
+b16 --set batch_size=16
+piw32 --set pi_width=32"}
 mkdir -p "$OUTDIR/probes"
 T0=$(date +%s)
 while read -r name flags; do
