@@ -164,6 +164,19 @@ def test_rigidity_loss_hand_case():
     assert s.grad[0, 1, 2] == pytest.approx(0.1, abs=1e-5)
 
 
+def test_video_rigidity_hand_case():
+    # three points over two frames: link 0-1 keeps length 0.3, link 1-2 has 0.4 then 0.6
+    # (mean 0.5, mean absolute deviation 0.1), link 0-2 is absent
+    pts = torch.tensor([[[0.0, 0.0], [0.3, 0.0], [0.3, 0.4]],
+                        [[0.0, 0.0], [0.0, 0.3], [0.0, 0.9]]])
+    s = links_matrix(3, {(0, 1): 1.0, (1, 2): 0.5, (0, 2): 0.0})[0]
+    assert torch.isclose(L.video_rigidity(s, pts), torch.tensor(0.5 * 0.1), atol=1e-5)
+    assert float(L.video_rigidity(s, pts[:1])) == pytest.approx(0.0, abs=1e-6)    # one frame
+    s_all = links_matrix(3, {(0, 1): 1.0, (1, 2): 1.0, (0, 2): 1.0})[0]
+    # link 0-2: length 0.5 then 0.9 -> deviation 0.2
+    assert torch.isclose(L.video_rigidity(s_all, pts), torch.tensor(0.1 + 0.2), atol=1e-5)
+
+
 def test_presets_and_ramp():
     assert set(L.PRESETS) == {"spiders", "spiders0shot", "mwhc", "cartpoles", "swimmers", "human36m"}
     assert L.PRESETS["swimmers"].sparse_links == 7000 and L.PRESETS["human36m"].sparse_joints == 0.0002

@@ -63,6 +63,27 @@ def test_batched_objective_equals_the_loss_of_each_candidate():
         assert float(got) == pytest.approx(float(sum(w[k] * v for k, v in terms.items())), rel=1e-5)
 
 
+def test_solver_rigidity_adds_each_links_length_spread_over_the_video():
+    from kpray.losses.skeleton import video_rigidity
+    from kpray.ops.coords import expected_location
+
+    torch.manual_seed(1)
+    maps = torch.softmax(3 * torch.randn(3, 5, 64 * 64), -1).view(3, 5, 64, 64)
+    pts = expected_location(maps)
+    s = torch.triu((torch.rand(5, 5) > 0.5).float(), 1)
+    s = s + s.T
+    plain = float(structure_objective(solver_config(num_points=5), maps, pts)(s))
+    rigid = solver_config(num_points=5, solver_rigidity=300.0)
+    assert float(video_rigidity(s, pts)) > 0
+    assert float(structure_objective(rigid, maps, pts)(s)) == pytest.approx(
+        plain + 300.0 * float(video_rigidity(s, pts)), rel=1e-5)
+    # one frame has no spread; a source/target pair (training) leaves the term out
+    assert float(structure_objective(rigid, maps[:1], pts[:1])(s)) == pytest.approx(
+        float(structure_objective(solver_config(num_points=5), maps[:1], pts[:1])(s)), rel=1e-5)
+    with pytest.raises(ValueError, match="solver_rigidity"):
+        SkeletonModel(solver_config(num_points=5, psi_head="solver", solver_rigidity=-1.0))
+
+
 def test_model_with_the_solver_trains_pi_alone_and_predicts_video_skeletons():
     c = solver_config(num_points=6, pi_width=8, background_width=8, psi_head="solver",
                       solver_frames=3)

@@ -258,6 +258,17 @@ def rigidity_loss(links: torch.Tensor, source_points: torch.Tensor,
     return (links[:, i, j] * (lengths[0] - lengths[1]).abs()).sum(-1).mean()
 
 
+def video_rigidity(links: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """sum_{i<j} S_ij mean_k |l^k_ij - mean_k' l^k'_ij|: how much each link's length varies over
+    K frames of one video (not in the paper; ``solver_rigidity``). links [P, P] (one skeleton for
+    the video), points [K, P, 2] normalised; 0 for K = 1. A link along one bone keeps its length,
+    one that skips a hinge changes it as the hinge turns."""
+    i, j = upper_pairs(links.shape[-1], links.device)
+    length = ((points[:, i] - points[:, j]).pow(2).sum(-1) + 1e-12).sqrt()        # [K, E]
+    spread = (length - length.mean(0)).abs().mean(0)                               # [E]
+    return (links[i, j] * spread).sum()
+
+
 # ---------------------------------------------------------------- weights, supplementary VIII-b
 
 @dataclass(frozen=True)

@@ -66,6 +66,12 @@ class SkeletonConfig:
                                     # "empty" (no links), "tree" (the points' minimum spanning
                                     # tree) or "best" (both; the lower structure loss).
                                     # Measured: "tree" more joints, lower joint F1; "best" ~ "empty"
+    solver_rigidity: float = 0.0    # open (not in the paper; 0 = off), psi_head="solver" with
+                                    # solver_frames > 1: weight of L.video_rigidity, sum_ij S_ij x
+                                    # the mean absolute deviation of link ij's length over the K
+                                    # frames. A bone keeps its length; a link that skips a hinge
+                                    # does not, so a longer chain needs more joints. Scores links
+                                    # only: it does not move the points
     psi_pair_samples: int = 5       # open: places sampled along a pair (pairwise head)
     psi_target: str = "loss"        # open: "loss" (paper: psi minimises the structure terms
                                     # through its shared weights) or "fit" (psi regresses, by
@@ -366,6 +372,8 @@ def make_psi(c: "SkeletonConfig") -> nn.Module:
         check_solver_start(c)
         if not c.solver_frames >= 1:
             raise ValueError(f"solver_frames must be >= 1, got {c.solver_frames}")
+        if not c.solver_rigidity >= 0:
+            raise ValueError(f"solver_rigidity must be >= 0, got {c.solver_rigidity}")
         return SolverSkeletonPredictor(c)
     args = (c.num_points, c.psi_width, c.image_size, c.psi_maps, c.psi_detach_maps, c.link_grad_floor)
     return PairwiseSkeletonPredictor(*args, c.psi_pair_samples) if c.psi_head == "pairwise" else \

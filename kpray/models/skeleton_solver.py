@@ -14,7 +14,8 @@ S = 0.5 finds much worse minima (structure Bcc 0.02 against 0.58).
 
 Each of the K frames enters the structure terms as both source and target (its near, uniform
 and length count twice, as a source/target pair's two frames do), and the terms are averaged
-over the K frames, so K = 1 and K > 1 weigh sparsity alike.
+over the K frames, so K = 1 and K > 1 weigh sparsity alike. With ``solver_rigidity`` > 0 a
+video's links also pay for how much their lengths vary over its K frames (``L.video_rigidity``).
 """
 from __future__ import annotations
 
@@ -40,11 +41,13 @@ def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
     k, p = points.shape[:2]
     coverage = link_coverages(c, maps, t_maps, points, t_points)
     w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)
+    rigid = c.solver_rigidity > 0 and k > 1 and target_points is None
 
     def f(s: torch.Tensor) -> torch.Tensor:
         terms = structure_terms(c, s[None].expand(k, p, p), maps, t_maps, points, t_points,
                                 coverage=coverage)
-        return sum(w[name] * v for name, v in terms.items())
+        total = sum(w[name] * v for name, v in terms.items())
+        return total + c.solver_rigidity * L.video_rigidity(s, points) if rigid else total
 
     return f
 
