@@ -11,7 +11,12 @@ this prints, for pi's points (all P of them: the best that psi could pick):
   share of videos whose matched point is within eps on average ("kept");
 - the recall of true joints by an exclusive choice of points, matched in each frame
   separately against one matching per video. The gap between the two is what the points'
-  lack of identity over time costs the joint scores.
+  lack of identity over time costs the joint scores;
+- how much the distance between two kept points varies over a video (relative spread: mean
+  absolute deviation over the mean), for pairs whose true joints are linked (a bone) and pairs
+  that skip a hinge, beside the same for the true joints. On the truth a bone varies less than
+  a skipping pair; if pi's points show no such gap, no length cue (``solver_rigidity``) can
+  tell a bone from a shortcut on them.
 """
 from __future__ import annotations
 
@@ -26,9 +31,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def identity_report(points_px: np.ndarray, joints_px: np.ndarray, size: int, eps: float) -> dict:
+def relative_spread(a: np.ndarray, b: np.ndarray) -> float:
+    """How much the distance between two tracks a, b [T, 2] varies over the T frames: mean
+    absolute deviation from its mean, over its mean (0 for a pair that keeps its distance)."""
+    length = np.linalg.norm(np.asarray(a, float) - np.asarray(b, float), axis=-1)
+    return float(np.abs(length - length.mean()).mean() / max(length.mean(), 1e-9))
+
+
+def identity_report(points_px: np.ndarray, joints_px: np.ndarray, size: int, eps: float,
+                    adjacency: np.ndarray | None = None) -> dict:
     """points_px [T, P, 2], joints_px [T, J, 2] pixels -> {'covered' [J], 'kept' [J] bool,
-    'recall_frame', 'recall_video'} (normalised units for eps, as the joint metrics)."""
+    'recall_frame', 'recall_video'} (normalised units for eps, as the joint metrics); with the
+    true ``adjacency`` [J, J] also 'spread': {"bone" | "skip": [(points', true joints'
+    relative_spread)]} over the pairs of kept joints."""
     from scipy.optimize import linear_sum_assignment
 
     from kpray.metrics import normalise_pixels, pairwise_distances, video_matching
@@ -42,9 +57,17 @@ def identity_report(points_px: np.ndarray, joints_px: np.ndarray, size: int, eps
     for dt in d:
         r, c = linear_sum_assignment(dt)
         per_frame.append((dt[r, c] <= eps).sum() / j)
-    return {"covered": (d.min(axis=1) <= eps).mean(axis=0), "kept": kept,
-            "recall_frame": float(np.mean(per_frame)),
-            "recall_video": float((d[:, rows, cols] <= eps).sum(axis=1).mean() / j)}
+    out = {"covered": (d.min(axis=1) <= eps).mean(axis=0), "kept": kept,
+           "recall_frame": float(np.mean(per_frame)),
+           "recall_video": float((d[:, rows, cols] <= eps).sum(axis=1).mean() / j)}
+    if adjacency is not None:
+        point_of = {int(c): int(r) for r, c in zip(rows, cols) if kept[c]}
+        out["spread"] = {"bone": [], "skip": []}
+        for u, v in itertools.combinations(sorted(point_of), 2):
+            kind = "bone" if adjacency[u, v] else "skip"
+            out["spread"][kind].append((relative_spread(points_px[:, point_of[u]], points_px[:, point_of[v]]),
+                                        relative_spread(joints_px[:, u], joints_px[:, v])))
+    return out
 
 
 def main(argv=None) -> int:
@@ -79,10 +102,13 @@ def main(argv=None) -> int:
     model.eval()
     covered, kept = collections.defaultdict(list), collections.defaultdict(list)
     recall_f, recall_v = [], []
+    spread = {"bone": [], "skip": []}
     for ep in episodes:
         points = adapter.points(model, ep["frames"])
         r = identity_report(np.asarray(points, float), np.asarray(ep["joints"], float),
-                            ep["frames"].shape[1], eps)
+                            ep["frames"].shape[1], eps, np.asarray(ep["adjacency"], bool))
+        for kind in spread:
+            spread[kind] += r["spread"][kind]
         for name, c, k in zip(ep["meta"]["joint_names"], r["covered"], r["kept"]):
             covered[name].append(c)
             kept[name].append(k)
@@ -95,6 +121,14 @@ def main(argv=None) -> int:
         print(f"| {name} | {len(covered[name])} | {np.mean(covered[name]):.2f} | {np.mean(kept[name]):.2f} |")
     print(f"recall of the true joints by an exclusive choice of points: matched per frame "
           f"{np.mean(recall_f):.2f}, one matching per video {np.mean(recall_v):.2f}")
+    print("\n| pairs of kept joints | pairs | points: relative spread of their distance, median (q25-q75) "
+          "| true joints: the same |")
+    print("| --- | --- | --- | --- |")
+    for kind, label in (("bone", "linked (a bone)"), ("skip", "not linked (skipping a hinge)")):
+        if spread[kind]:
+            q = np.percentile(np.asarray(spread[kind]), [50, 25, 75], axis=0)     # [3, 2]
+            print(f"| {label} | {len(spread[kind])} | " + " | ".join(
+                f"{q[0, i]:.3f} ({q[1, i]:.3f}-{q[2, i]:.3f})" for i in range(2)) + " |")
     return 0
 
 

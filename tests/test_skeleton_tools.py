@@ -302,3 +302,29 @@ def test_identity_report_separates_covering_from_keeping():
     assert r["recall_frame"] == 1.0 and r["recall_video"] == 0.5
     r = mod.identity_report(joints + 1.0, joints, 64, eps=0.15)              # 1 px off, kept
     assert r["kept"].all() and r["recall_frame"] == 1.0 and r["recall_video"] == 1.0
+
+
+def test_identity_report_spread_of_bones_and_of_pairs_that_skip_a_hinge():
+    """A 3-joint chain whose second bone turns about the middle joint: on the true joints the
+    bones keep their length (spread 0) and the pair that skips the hinge does not; points that
+    slide along the first bone give that bone a spread of its own."""
+    from conftest import load_script
+
+    mod = load_script("benchmarks/skeleton_identity.py")
+    angles = np.linspace(0, np.pi / 2, 5)
+    joints = np.stack([np.tile([20.0, 30.0], (5, 1)), np.tile([30.0, 30.0], (5, 1)),
+                       np.stack([30 + 10 * np.cos(angles), 30 + 10 * np.sin(angles)], -1)], 1)
+    adj = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)
+    r = mod.identity_report(joints, joints, 64, eps=0.15, adjacency=adj)
+    assert len(r["spread"]["bone"]) == 2 and len(r["spread"]["skip"]) == 1
+    assert all(p == pytest.approx(0.0, abs=1e-9) and t == pytest.approx(0.0, abs=1e-9)
+               for p, t in r["spread"]["bone"])
+    # the skipping pair shortens from 20 px (straight) to 10 sqrt(2) px (a right angle)
+    assert r["spread"]["skip"][0][0] > 0.05 and r["spread"]["skip"][0][0] == r["spread"]["skip"][0][1]
+    sliding = joints.copy()
+    sliding[:, 0, 0] += np.array([0.0, 2.0, 0.0, 2.0, 0.0])              # the first point slides
+    r = mod.identity_report(sliding, joints, 64, eps=0.15, adjacency=adj)
+    first_bone = [p for p, t in r["spread"]["bone"] if p > 0]
+    assert len(first_bone) == 1 and first_bone[0] == pytest.approx(mod.relative_spread(
+        sliding[:, 0], sliding[:, 1]))
+    assert mod.relative_spread(sliding[:, 0], sliding[:, 1]) == pytest.approx(0.96 / 9.2)

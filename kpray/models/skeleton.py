@@ -71,7 +71,9 @@ class SkeletonConfig:
                                     # the mean absolute deviation of link ij's length over the K
                                     # frames. A bone keeps its length; a link that skips a hinge
                                     # does not, so a longer chain needs more joints. Scores links
-                                    # only: it does not move the points
+                                    # only: it does not move the points. Measured: it removes links
+                                    # on every body alike (pi's points slide along their parts as
+                                    # much as a hinge turning moves a skipping link); not a recipe
     psi_pair_samples: int = 5       # open: places sampled along a pair (pairwise head)
     psi_target: str = "loss"        # open: "loss" (paper: psi minimises the structure terms
                                     # through its shared weights) or "fit" (psi regresses, by
