@@ -170,11 +170,13 @@ def test_video_rigidity_hand_case():
     pts = torch.tensor([[[0.0, 0.0], [0.3, 0.0], [0.3, 0.4]],
                         [[0.0, 0.0], [0.0, 0.3], [0.0, 0.9]]])
     s = links_matrix(3, {(0, 1): 1.0, (1, 2): 0.5, (0, 2): 0.0})[0]
-    assert torch.isclose(L.video_rigidity(s, pts), torch.tensor(0.5 * 0.1), atol=1e-5)
-    assert float(L.video_rigidity(s, pts[:1])) == pytest.approx(0.0, abs=1e-6)    # one frame
+    spread = L.length_spread(pts)
+    assert torch.allclose(spread, spread.T) and torch.allclose(spread.diagonal(), torch.zeros(3))
+    assert torch.isclose(L.video_rigidity(s, spread), torch.tensor(0.5 * 0.1), atol=1e-5)
+    assert float(L.length_spread(pts[:1]).abs().max()) == pytest.approx(0.0, abs=1e-6)  # one frame
     s_all = links_matrix(3, {(0, 1): 1.0, (1, 2): 1.0, (0, 2): 1.0})[0]
     # link 0-2: length 0.5 then 0.9 -> deviation 0.2
-    assert torch.isclose(L.video_rigidity(s_all, pts), torch.tensor(0.1 + 0.2), atol=1e-5)
+    assert torch.isclose(L.video_rigidity(s_all, spread), torch.tensor(0.1 + 0.2), atol=1e-5)
 
 
 def test_presets_and_ramp():

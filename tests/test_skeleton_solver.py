@@ -64,7 +64,7 @@ def test_batched_objective_equals_the_loss_of_each_candidate():
 
 
 def test_solver_rigidity_adds_each_links_length_spread_over_the_video():
-    from kpray.losses.skeleton import video_rigidity
+    from kpray.losses.skeleton import length_spread, video_rigidity
     from kpray.ops.coords import expected_location
 
     torch.manual_seed(1)
@@ -74,9 +74,9 @@ def test_solver_rigidity_adds_each_links_length_spread_over_the_video():
     s = s + s.T
     plain = float(structure_objective(solver_config(num_points=5), maps, pts)(s))
     rigid = solver_config(num_points=5, solver_rigidity=300.0)
-    assert float(video_rigidity(s, pts)) > 0
+    assert float(video_rigidity(s, length_spread(pts))) > 0
     assert float(structure_objective(rigid, maps, pts)(s)) == pytest.approx(
-        plain + 300.0 * float(video_rigidity(s, pts)), rel=1e-5)
+        plain + 300.0 * float(video_rigidity(s, length_spread(pts))), rel=1e-5)
     # one frame has no spread; a source/target pair (training) leaves the term out
     assert float(structure_objective(rigid, maps[:1], pts[:1])(s)) == pytest.approx(
         float(structure_objective(solver_config(num_points=5), maps[:1], pts[:1])(s)), rel=1e-5)

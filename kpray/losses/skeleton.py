@@ -258,15 +258,20 @@ def rigidity_loss(links: torch.Tensor, source_points: torch.Tensor,
     return (links[:, i, j] * (lengths[0] - lengths[1]).abs()).sum(-1).mean()
 
 
-def video_rigidity(links: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """sum_{i<j} S_ij mean_k |l^k_ij - mean_k' l^k'_ij|: how much each link's length varies over
-    K frames of one video (not in the paper; ``solver_rigidity``). links [P, P] (one skeleton for
-    the video), points [K, P, 2] normalised; 0 for K = 1. A link along one bone keeps its length,
-    one that skips a hinge changes it as the hinge turns."""
-    i, j = upper_pairs(links.shape[-1], links.device)
-    length = ((points[:, i] - points[:, j]).pow(2).sum(-1) + 1e-12).sqrt()        # [K, E]
-    spread = (length - length.mean(0)).abs().mean(0)                               # [E]
-    return (links[i, j] * spread).sum()
+def length_spread(points: torch.Tensor) -> torch.Tensor:
+    """points [K, P, 2] normalised (K frames of one video) -> [P, P]: mean_k |l^k_ij - mean_k'
+    l^k'_ij|, how much the distance between points i and j varies over the frames (0 on the
+    diagonal and for K = 1)."""
+    d = ((points[:, :, None] - points[:, None]).pow(2).sum(-1) + 1e-12).sqrt()      # [K, P, P]
+    return (d - d.mean(0)).abs().mean(0)
+
+
+def video_rigidity(links: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """sum_{i<j} S_ij spread_ij: what links [P, P] (one skeleton for a video) pay for their
+    lengths varying over its frames, spread [P, P] = ``length_spread(points)`` (not in the
+    paper; ``solver_rigidity``). A link along one bone keeps its length, one that skips a hinge
+    changes it as the hinge turns."""
+    return 0.5 * (links * spread).sum()
 
 
 # ---------------------------------------------------------------- weights, supplementary VIII-b

@@ -42,12 +42,13 @@ def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
     coverage = link_coverages(c, maps, t_maps, points, t_points)
     w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)
     rigid = c.solver_rigidity > 0 and k > 1 and target_points is None
+    spread = L.length_spread(points) if rigid else None        # [P, P], once for all candidates
 
     def f(s: torch.Tensor) -> torch.Tensor:
         terms = structure_terms(c, s[None].expand(k, p, p), maps, t_maps, points, t_points,
                                 coverage=coverage)
         total = sum(w[name] * v for name, v in terms.items())
-        return total + c.solver_rigidity * L.video_rigidity(s, points) if rigid else total
+        return total + c.solver_rigidity * L.video_rigidity(s, spread) if rigid else total
 
     return f
 
