@@ -123,8 +123,9 @@ class SkeletonConfig:
     recon_edge_weight: float = 0.0  # open (not in the paper; 0 = eq. 1): each pixel's squared
                                     # error weighted by L.edge_weights(target, this): thin parts
                                     # weigh by their edges, not their area. Measured at 1: more
-                                    # points on joints (oracle choice up on both seeds), solver's
-                                    # joint F1 up on one seed and down on another; not a recipe
+                                    # points on joints (oracle choice up on the three -parts seeds
+                                    # tried), solver's joint F1 up on two of them, down on the
+                                    # third and on the plain Cartpoles; not a recipe
     contiguity_pool: int = 7        # beta
     uniform_pool: int = 5
     uniform_alpha: float = 0.8
