@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kpray.losses.autolink import build_loss, equivariance_loss
+from kpray.models.starts import FreshStarts, print_on_rank0, rank_mean
 from kpray.models.unet import UNet
 from kpray.ops.coords import soft_argmax
 from kpray.ops.edge_map import edge_map
@@ -356,13 +357,6 @@ def official_init_(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _print_on_rank0(message: str) -> None:
-    """Print (flushed) once per run: on DDP rank 0, or always when not distributed."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-            or torch.distributed.get_rank() == 0:
-        print(message, flush=True)
-
-
 def random_grid_mask(b: int, size: int, grid: int = 16, ratio: float = 0.8, device=None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Keep-mask [B, 1, size, size] (1 = visible): the image is cut into grid x grid cells and
@@ -377,7 +371,7 @@ def random_grid_mask(b: int, size: int, grid: int = 16, ratio: float = 0.8, devi
 
 # ---------------------------------------------------------------- the model
 
-class AutoLink(nn.Module):
+class AutoLink(FreshStarts, nn.Module):
 
     def __init__(self, config: AutoLinkConfig, perceptual: nn.Module | None = None):
         super().__init__()
@@ -414,18 +408,8 @@ class AutoLink(nn.Module):
             self.edge_skip = nn.Parameter(torch.tensor(float(c.edge_skip)))
         if c.edge_polarity:                                # -1 once the edge channel is negated
             self.register_buffer("edge_sign", torch.ones(()))
-        if c.init_candidates > 1 or c.restart_step > 0:
-            # Buffers, so that DDP gives every rank rank 0's: the seed of the other starts, the
-            # start trained (-1 until step 0 chooses; 0 is the run's own), the step it began and
-            # the restarts. The seed is drawn on a forked RNG: the run's own start and its masks
-            # are then those of the same run without candidates or restarts.
-            with torch.random.fork_rng(devices=[]):
-                seed = torch.randint(2 ** 31 - 1, ())
-            self.register_buffer("candidate_seed", seed)
-            self.register_buffer("init_choice", torch.full((), -1 if c.init_candidates > 1 else 0))
-            self.register_buffer("start_step", torch.zeros((), dtype=torch.long))
-            self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
-        self.restarted_at: int | None = None   # the loop clears the optimiser's moments then
+        if c.init_candidates > 1 or c.restart_step > 0:   # kpray.models.starts
+            self.register_starts(chosen=c.init_candidates == 1)
         # The frozen loss network is kept out of state_dict/parameters (it is not trained and is
         # large); _apply below still moves it with .to()/.cuda(). Every rank builds the same one
         # (random backbones come from a fixed seed: kpray.losses.autolink).
@@ -539,11 +523,6 @@ class AutoLink(nn.Module):
             loss = loss + self.equivariance_weight_at(step) * eq
         return loss, terms
 
-    def began(self) -> int:
-        """The training step the current start began at: 0, or the step of the last restart
-        (``restart_step``); the hold and edge_polarity count from it."""
-        return int(self.start_step) if hasattr(self, "start_step") else 0
-
     @torch.no_grad()
     def maybe_restart(self, images: torch.Tensor, step: int) -> float:
         """``restart_step``: measure the edge response on ``images`` [B, 3, S, S]
@@ -551,17 +530,11 @@ class AutoLink(nn.Module):
         the next fresh start (``candidate_state(init_candidates + restarts)``) in place, count
         the restart and set ``start_step``, ``init_choice`` and ``restarted_at`` to ``step``.
         Returns the response."""
+        c = self.config
         r = self.mean_edge_response(images, step)
-        if torch.isfinite(r) and r < self.config.restart_below:
-            k = self.config.init_candidates + int(self.restarts)
-            self.load_state_dict(self.candidate_state(k))
-            self.restarts += 1
-            self.start_step.fill_(step)
-            self.init_choice.fill_(k)
-            self.restarted_at = step
-            _print_on_rank0(f"restart at step {step}: edge response {float(r):+.3f} < "
-                            f"{self.config.restart_below:g}; start {k} (restart "
-                            f"{int(self.restarts)} of at most {self.config.restart_max})")
+        if torch.isfinite(r) and r < c.restart_below:
+            self.restart(c.init_candidates + int(self.restarts), step,
+                         f"edge response {float(r):+.3f} < {c.restart_below:g}", c.restart_max)
         return float(r)
 
     def edge_polarity_at(self) -> int:
@@ -579,10 +552,7 @@ class AutoLink(nn.Module):
         r = torch.tensor(self.edge_map_reliance(images, seed=step or 0, step=step)["edge_response"],
                          device=images.device)
         self.train(was)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(r)
-            r /= torch.distributed.get_world_size()
-        return r
+        return rank_mean(r)
 
     @torch.no_grad()
     def orient_edges(self, images: torch.Tensor, step: int | None = None) -> float:
@@ -598,18 +568,10 @@ class AutoLink(nn.Module):
             self.edge_sign *= -1
         return float(r)
 
-    def candidate_state(self, k: int) -> dict:
-        """``init_candidates``: the state dict of random start ``k`` >= 1 (the run's own start
-        is 0): a fresh AutoLink of the same config built from seed ``candidate_seed + k`` (the
-        global RNG is left as it was). The buffers that say which start is trained are kept."""
-        base = int(self.candidate_seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(base + k)
-            other = AutoLink(replace(self.config, init_seed=None), perceptual=self.perceptual)
-        state = other.state_dict()
-        for name in ("candidate_seed", "init_choice", "start_step", "restarts"):
-            state[name] = getattr(self, name)
-        return state
+    def fresh_copy(self) -> "AutoLink":
+        """A new AutoLink of this config from the global RNG (``init_seed`` ignored), sharing the
+        frozen loss network: start k of ``candidate_state`` (kpray.models.starts)."""
+        return AutoLink(replace(self.config, init_seed=None), perceptual=self.perceptual)
 
     @torch.no_grad()
     def choose_start(self, images: torch.Tensor) -> list[float]:
@@ -629,7 +591,7 @@ class AutoLink(nn.Module):
                 best, best_r, best_state = k, responses[-1], state
         self.load_state_dict(best_state)
         self.init_choice.fill_(best)
-        _print_on_rank0(f"init_candidates: edge responses {', '.join(f'{r:+.3f}' for r in responses)}"
+        print_on_rank0(f"init_candidates: edge responses {', '.join(f'{r:+.3f}' for r in responses)}"
                         f"; training start {best}")
         return responses
 

@@ -1,0 +1,84 @@
+"""Fresh random starts of a model, for runs that replace a start which goes wrong early
+(AutoLink's and the skeleton model's ``restart_step``; AutoLink's ``init_candidates``).
+
+A model mixes in ``FreshStarts``, calls ``register_starts`` in its constructor and defines
+``fresh_copy()`` (a new instance of itself, same config, weights from the global RNG). Start
+k >= 1 is then the fresh copy built from seed ``candidate_seed + k``; start 0 is the run's own.
+The bookkeeping lives in buffers, so that DDP hands every rank rank 0's and a checkpoint
+resumes it: ``candidate_seed``, ``init_choice`` (the start trained; -1 until chosen),
+``start_step`` (the step it began) and ``restarts``. ``restarted_at`` (not saved) tells the
+training loop to clear the optimiser's moments at that step (kpray.train.loop).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+START_BUFFERS = ("candidate_seed", "init_choice", "start_step", "restarts")
+
+
+def print_on_rank0(message: str) -> None:
+    """Print (flushed) once per run: on DDP rank 0, or always when not distributed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_rank() == 0:
+        print(message, flush=True)
+
+
+def rank_mean(x: torch.Tensor) -> torch.Tensor:
+    """x averaged over DDP ranks (x itself when not distributed), so that every rank decides
+    alike."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        x /= torch.distributed.get_world_size()
+    return x
+
+
+class FreshStarts:
+    """Mixin for an nn.Module: see the module docstring."""
+
+    restarted_at: int | None = None
+
+    def register_starts(self: nn.Module, chosen: bool = True) -> None:
+        """Register the buffers. The seed of the other starts is drawn on a forked RNG, so the
+        run's own start (and whatever the run draws after it) is that of the same run without
+        fresh starts. chosen=False: ``init_choice`` starts at -1 (a choice at step 0 follows)."""
+        with torch.random.fork_rng(devices=[]):
+            seed = torch.randint(2 ** 31 - 1, ())
+        self.register_buffer("candidate_seed", seed)
+        self.register_buffer("init_choice", torch.full((), 0 if chosen else -1))
+        self.register_buffer("start_step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
+        self.restarted_at = None
+
+    def fresh_copy(self) -> nn.Module:
+        raise NotImplementedError
+
+    def began(self) -> int:
+        """The training step the current start began at: 0, or the step of the last restart."""
+        return int(self.start_step) if hasattr(self, "start_step") else 0
+
+    def candidate_state(self: nn.Module, k: int) -> dict:
+        """The state dict of random start ``k`` >= 1 (``fresh_copy`` built from seed
+        ``candidate_seed + k``; the global RNG is left as it was). The buffers that say which
+        start is trained are kept."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.candidate_seed) + k)
+            state = self.fresh_copy().state_dict()
+        for name in START_BUFFERS:
+            state[name] = getattr(self, name)
+        return state
+
+    @torch.no_grad()
+    def restart(self: nn.Module, k: int, step: int, why: str, most: int) -> None:
+        """Load start ``k`` in place (an optimiser and DDP built on this module keep its
+        parameters), count the restart, and mark ``step`` as its beginning (``start_step``,
+        ``init_choice``, ``restarted_at``). ``why`` and ``most`` (the allowed restarts) go into
+        the one-line message."""
+        self.load_state_dict(self.candidate_state(k))
+        self.restarts += 1
+        self.start_step.fill_(step)
+        self.init_choice.fill_(k)
+        self.restarted_at = step
+        print_on_rank0(f"restart at step {step}: {why}; start {k} "
+                       f"(restart {int(self.restarts)} of at most {most})")
