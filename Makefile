@@ -57,9 +57,13 @@ EVAL_SET ?=
 # learns from the reconstruction alone: contiguity 0, since with eq. 1 a per-pixel mean the
 # paper's 0.001 is ~10^4 times its intended share, and it clumped the points off the object.
 # SKELETON_RECIPE_PSI='--set psi_head=fc ...' trains the paper's network psi instead.
+# A start whose points the reconstruction barely uses at step 250 (B paints the body itself:
+# reliance < 0.25 over steps 200-249) is replaced by a fresh one, at most 3 times (restart_step;
+# the steps before a restart count against LEARN_STEPS).
 SKELETON_RECIPE_PSI ?= --set psi_head=solver --set solver_frames=32 --set near_exclude_endpoints=false \
 	--set l_max=2.0 --set uniform_alpha=0.7 \
-	--set 'weights={"sparse_joints":3.0,"uniform":10000.0,"contiguity":0.0}'
+	--set 'weights={"sparse_joints":3.0,"uniform":10000.0,"contiguity":0.0}' \
+	--set restart_step=250 --set restart_below=0.25
 SKELETON_RECIPE := --points 16 --set pi_width=16 --set psi_width=16 --set background_width=16 \
 	$(SKELETON_RECIPE_PSI)
 learn-skeleton: $(SETUP)

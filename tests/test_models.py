@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kpray.losses.autolink import PerceptualLoss
 from kpray.models.autolink import AutoLink, AutoLinkConfig, random_grid_mask
@@ -485,6 +486,61 @@ def tiny_skeleton(**kw):
     return SkeletonModel(SkeletonConfig.from_preset(
         "cartpoles", num_points=6, pi_width=4, psi_width=4, background_width=4,
         background_latent=8, **kw))
+
+
+def test_skeleton_restart_step_replaces_a_start_whose_points_the_reconstruction_does_not_use():
+    """restart_step N, window W: the reconstruction's and the background's errors of steps
+    N - W .. N - 1 only are summed; at step N a reliance below restart_below loads the next fresh
+    start (candidate_state), and restarts, start_step, init_choice and restarted_at say so; a
+    reliance above it keeps the start; restart_max caps the restarts. The logged reliance is
+    1 - mse(reconstruction) / mse(background), as point_reliance measures it."""
+    torch.manual_seed(0)
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    torch.manual_seed(1)
+    m = tiny_skeleton(restart_step=4, restart_window=2, restart_below=1e9, restart_max=1)
+    m.train()
+    errors = []
+    with torch.no_grad():
+        for step in range(4):
+            out = m.run(src, tgt, step=step)                      # same draws as forward's run
+            errors.append([F.mse_loss(out["reconstruction"], tgt), F.mse_loss(out["background"], tgt)])
+            m((src, tgt), step=step)
+            if step < 2:
+                assert float(m.reliance_sums.abs().sum()) == 0
+    assert torch.allclose(m.reliance_sums, torch.tensor(errors[2]) + torch.tensor(errors[3]), rtol=1e-4)
+    want = m.candidate_state(1)
+    with torch.no_grad():
+        m((src, tgt), step=4)
+    got = m.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items()
+               if "running" not in k and "num_batches" not in k and k not in
+               ("restarts", "start_step", "init_choice"))
+    assert (int(m.restarts), m.began(), int(m.init_choice), m.restarted_at) == (1, 4, 1, 4)
+    with torch.no_grad():
+        for step in range(5, 9):
+            m((src, tgt), step=step)                                # restart_max reached
+    assert int(m.restarts) == 1
+    torch.manual_seed(1)
+    kept = tiny_skeleton(restart_step=4, restart_window=2, restart_below=-1e9)
+    kept.train()
+    with torch.no_grad():
+        for step in range(5):
+            kept((src, tgt), step=step)
+    assert int(kept.restarts) == 0 and kept.began() == 0 and kept.restarted_at is None
+    assert float(kept.reliance_sums.abs().sum()) == 0                # cleared at the decision
+    kept.eval()
+    with torch.no_grad():
+        logged = float(kept((src, tgt), step=5)[1]["reliance"])
+        out = kept.run(src, tgt, step=5)
+        measured = kept.point_reliance(src, tgt)
+    by_hand = 1 - F.mse_loss(out["reconstruction"], tgt) / F.mse_loss(out["background"], tgt)
+    assert logged == pytest.approx(float(by_hand), rel=1e-4)
+    assert logged == pytest.approx(measured["reliance"], abs=1e-6)    # reliance ~1e-4 untrained
+    assert measured["reliance"] == pytest.approx(1 - measured["mse"] / measured["mse_background"])
+    for bad in ({"restart_step": 4, "restart_window": 5}, {"restart_step": -1},
+                {"restart_step": 4, "restart_max": -1}, {"restart_step": 4, "restart_window": 0}):
+        with pytest.raises(ValueError, match="restart_step"):
+            tiny_skeleton(**bad)
 
 
 def test_skeleton_shapes_and_gradients():

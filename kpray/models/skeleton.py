@@ -19,6 +19,7 @@ Training API (shared with ``kpray.models.autolink``)::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 
 from kpray.losses import skeleton as L
 from kpray.models.skeleton_solver import SolverSkeletonPredictor, check_solver_start, spread_frames
+from kpray.models.starts import FreshStarts, print_on_rank0, rank_mean
 from kpray.models.unet import UNet
 from kpray.ops.coords import expected_location, pixel_grid
 from kpray.ops.edge_map import upper_pairs
@@ -159,6 +161,22 @@ class SkeletonConfig:
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
+    # fresh starts (not in the paper; restart_step 0 = off, the paper's single start)
+    restart_step: int = 0           # N > 0: N steps after the current start began, if the
+    #                                 points' share of the reconstruction over the last
+    #                                 restart_window steps (reliance = 1 - mse(reconstruction) /
+    #                                 mse(background alone), per pixel, the training batches)
+    #                                 is below restart_below, pi, psi and B restart from a fresh
+    #                                 random start (kpray.models.starts) and the optimiser's
+    #                                 moments are cleared; at most restart_max times. The steps
+    #                                 before a restart count against the run's. Measured on
+    #                                 cartpoles-parts: starts whose points stay off the body (B
+    #                                 paints it) have reliance <= 0.16 at step 250, those that
+    #                                 learn >= 0.37; at step 150 a late one is still at 0.10
+    #                                 (docs/benchmarks.md, "Which start learns: the skeleton model")
+    restart_window: int = 50
+    restart_below: float = 0.25
+    restart_max: int = 3
     # optimisation
     lr: float = 0.005
     betas: tuple[float, float] = (0.9, 0.999)
@@ -616,7 +634,7 @@ class SkeletonPrediction:
         return self.points[b][self.joint_mask[b]]
 
 
-class SkeletonModel(nn.Module):
+class SkeletonModel(FreshStarts, nn.Module):
 
     def __init__(self, config: SkeletonConfig):
         super().__init__()
@@ -629,9 +647,22 @@ class SkeletonModel(nn.Module):
             raise ValueError(f"point_readout must be 'argmax' or 'expected', got {c.point_readout!r}")
         if c.transport_patch < 1 or c.transport_patch % 2 == 0:
             raise ValueError(f"transport_patch must be an odd size >= 1, got {c.transport_patch}")
+        if c.restart_step < 0 or c.restart_max < 0 or (
+                c.restart_step > 0 and not 0 < c.restart_window <= c.restart_step):
+            raise ValueError(f"restart_step must be 0 (off) or > 0 with 0 < restart_window <= it, "
+                             f"and restart_max >= 0, got {c.restart_step}, {c.restart_window} and "
+                             f"{c.restart_max}")
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
         self.psi = make_psi(c)
         self.background = BackgroundNet(c.background_width, c.background_latent)
+        if c.restart_step > 0:
+            self.register_starts()
+            # sums over the window of the reconstruction's and the background's per-pixel error
+            self.register_buffer("reliance_sums", torch.zeros(2))
+
+    def fresh_copy(self) -> "SkeletonModel":
+        """A new model of this config from the global RNG: start k of ``candidate_state``."""
+        return SkeletonModel(self.config)
 
     def gumbel_temperature(self, step: int) -> float:
         c = self.config
@@ -656,18 +687,43 @@ class SkeletonModel(nn.Module):
         """batch: (source [B, 3, H, W], target [B, 3, H, W]) float in [0, 1], two frames of one
         episode. -> (total loss, terms): terms holds every weighted loss term (detached,
         unweighted values), 'gumbel_tau', 'num_links' and 'num_joints' (means over the batch)."""
-        out = self.run(*batch, step=step)
         c = self.config
+        restarting = c.restart_step > 0 and self.training and int(self.restarts) < c.restart_max
+        if restarting and step == self.began() + c.restart_step:
+            self.maybe_restart(step)
+        out = self.run(*batch, step=step)
         terms = self.loss_terms(out, batch[1])
         w = self.term_weights(step)
         loss = sum(w[k] * terms[k] for k in w if k in terms)
         logs = {k: v.detach() for k, v in terms.items()}
         logs["gumbel_tau"] = torch.tensor(out["tau"])
+        with torch.no_grad():
+            errors = torch.stack([F.mse_loss(out["reconstruction"], batch[1]),
+                                  F.mse_loss(out["background"], batch[1])])
+        logs["reliance"] = 1 - errors[0] / errors[1].clamp_min(1e-12)
+        if restarting and 0 < self.began() + c.restart_step - step <= c.restart_window:
+            self.reliance_sums += errors
         if out["links"] is not None:
             hard = out["links"].detach() >= c.link_threshold
             logs.update(num_links=hard.sum(dim=(1, 2)).float().mean() / 2,
                         num_joints=hard.any(dim=2).sum(dim=1).float().mean())
         return loss, logs
+
+    @torch.no_grad()
+    def maybe_restart(self, step: int) -> float:
+        """``restart_step``: the reliance of the window's batches (``reliance_sums``, averaged
+        over DDP ranks); below ``restart_below``, load the next fresh start in place
+        (``FreshStarts.restart``). The sums are cleared either way. Returns the reliance."""
+        c = self.config
+        sums = rank_mean(self.reliance_sums)
+        r = float(1 - sums[0] / sums[1].clamp_min(1e-12))
+        self.reliance_sums.zero_()
+        if math.isfinite(r) and r < c.restart_below:
+            self.restart(int(self.restarts) + 1, step, f"reliance {r:.3f} < {c.restart_below:g}",
+                         c.restart_max)
+        else:
+            print_on_rank0(f"step {step}: reliance {r:.3f} >= {c.restart_below:g}; start kept")
+        return r
 
     def training_step(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:
         return self(batch, step=step)
@@ -779,6 +835,23 @@ class SkeletonModel(nn.Module):
         b, p, h, w = logits.shape
         grid = pixel_grid(h, w, logits.device, logits.dtype)
         return grid[logits.reshape(b, p, h * w).argmax(-1)]
+
+    @torch.no_grad()
+    def point_reliance(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """How much the reconstruction of target [B, 3, H, W] from source [B, 3, H, W] owes to
+        the points (noise-free maps, ``locate``): 'mse', the reconstruction's per-pixel squared
+        error; 'mse_background', the background's alone; 'reliance' = 1 - mse / mse_background,
+        the share of the background's error that the points remove (near 0 when B paints the
+        body itself and the points add nothing). Label-free; uses the current train/eval mode."""
+        c = self.config
+        source_maps, target_maps = self.locate(torch.cat([source, target]))[1].chunk(2)
+        background = self.background(target)
+        recon = neural_point_transport(source, source_maps, target_maps, background,
+                                       c.splat_sigma, c.composite_gamma, c.composite_background,
+                                       c.transport_patch, c.transport_patch_sigma)
+        mse = float(F.mse_loss(recon, target))
+        mse_bg = float(F.mse_loss(background, target))
+        return {"mse": mse, "mse_background": mse_bg, "reliance": 1.0 - mse / max(mse_bg, 1e-12)}
 
     @torch.no_grad()
     def locate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -182,7 +182,11 @@ class Adapter:
         return model.config.image_size
 
     def scalars(self, model) -> dict:
-        """Model quantities logged besides the loss terms (e.g. AutoLink's alpha)."""
+        """Model quantities logged besides the loss terms (e.g. AutoLink's alpha); here the
+        start trained and the restarts so far, for a model with fresh starts
+        (kpray.models.starts)."""
+        if hasattr(model, "init_choice"):
+            return {"init_choice": float(model.init_choice), "restarts": float(model.restarts)}
         return {}
 
     def diagnostics(self, model, batch: dict, step: int) -> dict:

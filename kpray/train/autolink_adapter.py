@@ -75,10 +75,7 @@ class AutoLinkAdapter(Adapter):
             out["edge_skip"] = float(model.edge_skip.detach())
         if hasattr(model, "edge_sign"):
             out["edge_sign"] = float(model.edge_sign)
-        if hasattr(model, "init_choice"):
-            out["init_choice"] = float(model.init_choice)
-            out["restarts"] = float(model.restarts)
-        return out
+        return {**out, **super().scalars(model)}
 
     def histograms(self, model):
         """``edge_weights``: the K (K - 1) / 2 weights of the shared graph."""
