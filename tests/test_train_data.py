@@ -113,6 +113,8 @@ def test_precedence_preset_then_file_then_flags(tmp_path):
     ({"lr_decay_steps": -1}, "--lr-decay-steps"),
     ({"steps": 10, "lr_decay_steps": 11}, "--lr-decay-steps"),
     ({"name": "a/b"}, "--name"),
+    ({"model_config": {"restart_step": 100, "restart_window": 200}}, "restart_window"),
+    ({"model_config": {"transport_patch": 4}}, "transport_patch"),
 ])
 def test_bad_configs_are_refused(kw, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -634,24 +634,29 @@ class SkeletonPrediction:
         return self.points[b][self.joint_mask[b]]
 
 
+def check_config(c: SkeletonConfig) -> None:
+    """Raise ValueError for settings the model cannot be built with."""
+    for k in ("near_points_gain", "length_points_gain", "rigidity_weight",
+              "rigidity_points_gain", "rigidity_start_step"):
+        if not 0 <= getattr(c, k) < float("inf"):
+            raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
+    if c.point_readout not in ("argmax", "expected"):
+        raise ValueError(f"point_readout must be 'argmax' or 'expected', got {c.point_readout!r}")
+    if c.transport_patch < 1 or c.transport_patch % 2 == 0:
+        raise ValueError(f"transport_patch must be an odd size >= 1, got {c.transport_patch}")
+    if c.restart_step < 0 or c.restart_max < 0 or (
+            c.restart_step > 0 and not 0 < c.restart_window <= c.restart_step):
+        raise ValueError(f"restart_step must be 0 (off) or > 0 with 0 < restart_window <= it, "
+                         f"and restart_max >= 0, got {c.restart_step}, {c.restart_window} and "
+                         f"{c.restart_max}")
+
+
 class SkeletonModel(FreshStarts, nn.Module):
 
     def __init__(self, config: SkeletonConfig):
         super().__init__()
         self.config = c = config
-        for k in ("near_points_gain", "length_points_gain", "rigidity_weight",
-                  "rigidity_points_gain", "rigidity_start_step"):
-            if not 0 <= getattr(c, k) < float("inf"):
-                raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
-        if c.point_readout not in ("argmax", "expected"):
-            raise ValueError(f"point_readout must be 'argmax' or 'expected', got {c.point_readout!r}")
-        if c.transport_patch < 1 or c.transport_patch % 2 == 0:
-            raise ValueError(f"transport_patch must be an odd size >= 1, got {c.transport_patch}")
-        if c.restart_step < 0 or c.restart_max < 0 or (
-                c.restart_step > 0 and not 0 < c.restart_window <= c.restart_step):
-            raise ValueError(f"restart_step must be 0 (off) or > 0 with 0 < restart_window <= it, "
-                             f"and restart_max >= 0, got {c.restart_step}, {c.restart_window} and "
-                             f"{c.restart_max}")
+        check_config(c)
         self.pi = UNet(3, c.num_points, c.pi_width, depth=4)   # 32 .. 512 channels at width 32
         self.psi = make_psi(c)
         self.background = BackgroundNet(c.background_width, c.background_latent)

@@ -51,8 +51,13 @@ class SkeletonAdapter(Adapter):
         return replace_fields(S.SkeletonConfig, base, overrides, "skeleton model")
 
     def check(self, mcfg) -> None:
+        from kpray.models.skeleton import check_config
         from kpray.train.config import ConfigError
 
+        try:
+            check_config(mcfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if not mcfg.num_points >= 2:
             raise ConfigError(f"--points must be >= 2, got {mcfg.num_points}")
         if mcfg.image_size % 16:
