@@ -488,6 +488,15 @@ def tiny_skeleton(**kw):
         background_latent=8, **kw))
 
 
+def test_reliance_by_hand():
+    """1 - mse / mse_background: the points remove 3/4 of the background's error; none; all."""
+    from kpray.models.skeleton import reliance
+
+    assert float(reliance(torch.tensor(0.25), torch.tensor(1.0))) == pytest.approx(0.75)
+    assert float(reliance(torch.tensor(0.4), torch.tensor(0.4))) == 0.0
+    assert float(reliance(torch.tensor(0.0), torch.tensor(0.4))) == 1.0
+
+
 def test_skeleton_restart_step_replaces_a_start_whose_points_the_reconstruction_does_not_use():
     """restart_step N, window W: the reconstruction's and the background's errors of steps
     N - W .. N - 1 only are summed; at step N a reliance below restart_below loads the next fresh
@@ -536,7 +545,8 @@ def test_skeleton_restart_step_replaces_a_start_whose_points_the_reconstruction_
     by_hand = 1 - F.mse_loss(out["reconstruction"], tgt) / F.mse_loss(out["background"], tgt)
     assert logged == pytest.approx(float(by_hand), rel=1e-4)
     assert logged == pytest.approx(measured["reliance"], abs=1e-6)    # reliance ~1e-4 untrained
-    assert measured["reliance"] == pytest.approx(1 - measured["mse"] / measured["mse_background"])
+    assert measured["reliance"] == pytest.approx(1 - measured["mse"] / measured["mse_background"],
+                                                 abs=1e-6)
     for bad in ({"restart_step": 4, "restart_window": 5}, {"restart_step": -1},
                 {"restart_step": 4, "restart_max": -1}, {"restart_step": 4, "restart_window": 0}):
         with pytest.raises(ValueError, match="restart_step"):

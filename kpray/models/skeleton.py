@@ -634,6 +634,12 @@ class SkeletonPrediction:
         return self.points[b][self.joint_mask[b]]
 
 
+def reliance(mse: torch.Tensor, mse_background: torch.Tensor) -> torch.Tensor:
+    """The share of the background's error that the points remove: 1 - mse / mse_background
+    (``restart_step``'s signal; near 0 when B paints the body itself)."""
+    return 1 - mse / mse_background.clamp_min(1e-12)
+
+
 def check_config(c: SkeletonConfig) -> None:
     """Raise ValueError for settings the model cannot be built with."""
     for k in ("near_points_gain", "length_points_gain", "rigidity_weight",
@@ -691,7 +697,9 @@ class SkeletonModel(FreshStarts, nn.Module):
     def forward(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:
         """batch: (source [B, 3, H, W], target [B, 3, H, W]) float in [0, 1], two frames of one
         episode. -> (total loss, terms): terms holds every weighted loss term (detached,
-        unweighted values), 'gumbel_tau', 'num_links' and 'num_joints' (means over the batch)."""
+        unweighted values), 'gumbel_tau', 'num_links' and 'num_joints' (means over the batch)
+        and 'reliance' (``reliance`` of the batch's reconstruction; ``restart_step`` sums its two
+        errors over the window before its decision, then decides: ``maybe_restart``)."""
         c = self.config
         restarting = c.restart_step > 0 and self.training and int(self.restarts) < c.restart_max
         if restarting and step == self.began() + c.restart_step:
@@ -705,7 +713,7 @@ class SkeletonModel(FreshStarts, nn.Module):
         with torch.no_grad():
             errors = torch.stack([F.mse_loss(out["reconstruction"], batch[1]),
                                   F.mse_loss(out["background"], batch[1])])
-        logs["reliance"] = 1 - errors[0] / errors[1].clamp_min(1e-12)
+        logs["reliance"] = reliance(*errors)
         if restarting and 0 < self.began() + c.restart_step - step <= c.restart_window:
             self.reliance_sums += errors
         if out["links"] is not None:
@@ -721,7 +729,7 @@ class SkeletonModel(FreshStarts, nn.Module):
         (``FreshStarts.restart``). The sums are cleared either way. Returns the reliance."""
         c = self.config
         sums = rank_mean(self.reliance_sums)
-        r = float(1 - sums[0] / sums[1].clamp_min(1e-12))
+        r = float(reliance(*sums))
         self.reliance_sums.zero_()
         if math.isfinite(r) and r < c.restart_below:
             self.restart(int(self.restarts) + 1, step, f"reliance {r:.3f} < {c.restart_below:g}",
@@ -854,9 +862,9 @@ class SkeletonModel(FreshStarts, nn.Module):
         recon = neural_point_transport(source, source_maps, target_maps, background,
                                        c.splat_sigma, c.composite_gamma, c.composite_background,
                                        c.transport_patch, c.transport_patch_sigma)
-        mse = float(F.mse_loss(recon, target))
-        mse_bg = float(F.mse_loss(background, target))
-        return {"mse": mse, "mse_background": mse_bg, "reliance": 1.0 - mse / max(mse_bg, 1e-12)}
+        mse, mse_bg = F.mse_loss(recon, target), F.mse_loss(background, target)
+        return {"mse": float(mse), "mse_background": float(mse_bg),
+                "reliance": float(reliance(mse, mse_bg))}
 
     @torch.no_grad()
     def locate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
