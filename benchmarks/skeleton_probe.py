@@ -23,9 +23,29 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
+def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """argv -> (the script's own flags, the training flags after ``--``)."""
+    return (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+
+
+def train_step(model, opt, cfg, batch, step: int) -> tuple:
+    """One step as the training loop takes it, without DDP: the loss, Adam, gradient clipping by
+    value then by norm. Returns the model's (loss, terms)."""
+    import torch
+
+    loss, terms = model((batch["source"], batch["target"]), step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad_value is not None:
+        torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_grad_value)
+    if cfg.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+    opt.step()
+    return loss, terms
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ours, train = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, train = split_flags(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="run folder to write")
@@ -86,14 +106,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "terms.jsonl"), "w") as log:
         while step < cfg.steps and time.time() < deadline:
             batch = to_device(next(loader), dev, model.config.image_size)
-            loss, terms = model((batch["source"], batch["target"]), step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad_value is not None:
-                torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_grad_value)
-            if cfg.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            opt.step()
+            loss, terms = train_step(model, opt, cfg, batch, step)
             step += 1
             if step % args.log_every == 0:
                 row = {"step": step, "s": round(time.time() - t0, 1), "loss": float(loss.detach()),

@@ -21,11 +21,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from skeleton_probe import split_flags, train_step  # noqa: E402
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    ours, train = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ours, train = split_flags(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (one start each)")
@@ -61,15 +63,7 @@ def main(argv=None) -> int:
         while step < at[-1]:
             batch = to_device(next(loader), torch.device("cpu"), model.config.image_size)
             model.train()
-            loss, terms = model((batch["source"], batch["target"]), step)
-            logged.append(float(terms["reliance"]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad_value is not None:
-                torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_grad_value)
-            if cfg.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            opt.step()
+            logged.append(float(train_step(model, opt, cfg, batch, step)[1]["reliance"]))
             step += 1
             if step not in at:
                 continue

@@ -188,6 +188,31 @@ def test_probe_trains_psi_alone_on_frozen_points(tiny_checkpoint, tmp_path):
     assert "oracle choice of points" in c["rows"] and c["videos"] == 3
 
 
+def test_start_signal_reports_reliance_and_points_on_object_per_start(tiny_checkpoint, tmp_path,
+                                                                      capsys):
+    """benchmarks/skeleton_start_signal.py: one row per (start, step), reliance <= 1 and points on
+    the object in [0, 1]; two training seeds are two different starts."""
+    import shutil
+
+    from conftest import load_script
+
+    _, shards, _ = tiny_checkpoint
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-000000.tar", "test-000000.tar"):
+        shutil.copy(shards / "test-000000.tar", data / name)
+    script = load_script("benchmarks/skeleton_start_signal.py")
+    assert script.main(["--seeds", "0,1", "--at", "1,2", "--episodes", "2", "--", "--data",
+                        str(data), "--preset", "cartpoles", "--batch-size", "2", "--points", "6",
+                        "--set", "pi_width=8", "--set", "psi_width=8",
+                        "--set", "background_width=8"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
+    rel, train_rel, on = ([float(r[i]) for r in rows] for i in (2, 3, 5))
+    assert all(r <= 1 for r in rel + train_rel) and all(0 <= x <= 1 for x in on)
+    assert [r[2:6] for r in rows[:2]] != [r[2:6] for r in rows[2:]]     # reliance .. on object
+
+
 def test_literal_flag_applies_the_paper_reading_and_set_overrides(tmp_path):
     from kpray.models.skeleton import PAPER_LITERAL
     from kpray.train.cli import build_parser, config_from_args
