@@ -154,17 +154,24 @@ def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
     assert not (root / "bad").exists()
 
 
-def test_probe_trains_psi_alone_on_frozen_points(tiny_checkpoint, tmp_path):
+def train_and_test_folder(shards, tmp_path):
+    """A shard folder whose train and test splits are both the tiny checkpoint's test shard
+    (the probes need a train split)."""
     import shutil
 
-    from conftest import load_script
-    from kpray.train.predict import load_checkpoint
-
-    root, shards, _ = tiny_checkpoint
     data = tmp_path / "data"
     data.mkdir()
     for name in ("train-000000.tar", "test-000000.tar"):
         shutil.copy(shards / "test-000000.tar", data / name)
+    return data
+
+
+def test_probe_trains_psi_alone_on_frozen_points(tiny_checkpoint, tmp_path):
+    from conftest import load_script
+    from kpray.train.predict import load_checkpoint
+
+    root, shards, _ = tiny_checkpoint
+    data = train_and_test_folder(shards, tmp_path)
     probe = load_script("benchmarks/skeleton_probe.py")
     out = tmp_path / "probe"
     assert probe.main(["--out", str(out), "--init", str(root / "run"), "--train-only", "psi",
@@ -192,15 +199,10 @@ def test_start_signal_reports_reliance_and_points_on_object_per_start(tiny_check
                                                                       capsys):
     """benchmarks/skeleton_start_signal.py: one row per (start, step), reliance <= 1 and points on
     the object in [0, 1]; two training seeds are two different starts."""
-    import shutil
-
     from conftest import load_script
 
     _, shards, _ = tiny_checkpoint
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train-000000.tar", "test-000000.tar"):
-        shutil.copy(shards / "test-000000.tar", data / name)
+    data = train_and_test_folder(shards, tmp_path)
     script = load_script("benchmarks/skeleton_start_signal.py")
     assert script.main(["--seeds", "0,1", "--at", "1,2", "--episodes", "2", "--", "--data",
                         str(data), "--preset", "cartpoles", "--batch-size", "2", "--points", "6",
