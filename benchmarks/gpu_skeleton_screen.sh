@@ -8,16 +8,19 @@
 #   bash benchmarks/gpu_skeleton_screen.sh DATA OUTDIR [MINUTES]
 #
 # VARIANTS: lines "NAME extra training flags" (default below: session 18's screen); RECIPE (the
-# flags of `make skeleton-recipe`, read from the Makefile); STEPS (2000, the recipe's); SEED (1).
+# flags of `make skeleton-recipe`, read from the Makefile); STEPS (2000, the recipe's); SEED (1);
+# DEVICE (cuda; cpu to try the script on a small STEPS).
 # MINUTES caps each probe's training so that its comparison always runs.
-# Writes OUTDIR/screen.md (the table), OUTDIR/screen.tgz (each probe's log, comparison, terms and
-# skeletons.png) and OUTDIR/weights-N.pt (the trained weights, three probes to a file).
+# Writes OUTDIR/screen.md (the table, with the reliance each restart_step decision read),
+# OUTDIR/screen.tgz (each probe's log, comparison, terms and skeletons.png) and
+# OUTDIR/weights-N.pt (the trained weights, three probes to a file).
 set -u
 DATA=${1:?usage: gpu_skeleton_screen.sh DATA OUTDIR [MINUTES]}
 OUTDIR=${2:?OUTDIR}
 MINUTES=${3:-6}
 STEPS=${STEPS:-2000}
 SEED=${SEED:-1}
+DEVICE=${DEVICE:-cuda}
 RECIPE=${RECIPE:-$(make -s --no-print-directory skeleton-recipe)}   # make learn-skeleton's flags
 # a variant's --set weights={...} replaces the recipe's weights whole: W restates the rest
 W='"sparse_joints":3.0,"uniform":10000.0'
@@ -35,20 +38,25 @@ T0=$(date +%s)
 while read -r name flags; do
   [ -z "$name" ] && continue
   # later flags win: a variant's --seed / --set overrides the recipe's
-  python3 benchmarks/skeleton_probe.py --out "$OUTDIR/probes/$name" --device cuda --threads 1 \
+  python3 benchmarks/skeleton_probe.py --out "$OUTDIR/probes/$name" --device "$DEVICE" --threads 1 \
     --minutes "$MINUTES" --log-every 50 -- --data "$DATA" --preset cartpoles --steps "$STEPS" --seed "$SEED" \
     $RECIPE $flags >"$OUTDIR/probes/$name.log" 2>&1 &
 done <<<"$VARIANTS"
 wait
 echo "all probes done in $(( $(date +%s) - T0 )) s"
 {
-  echo "| probe | steps | train s | joint F1 | dist | count diff | Bcc (metrics.json; best constant) | struct F1 | Spearman | oracle choice joint F1 |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| probe | steps | train s | reliance at restart_step (step) | joint F1 | dist | count diff | Bcc (metrics.json; best constant) | struct F1 | Spearman | oracle choice joint F1 |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for d in "$OUTDIR"/probes/*/; do
     python3 - "$d" <<'EOF'
-import json, os, sys
+import json, os, re, sys
 d = sys.argv[1].rstrip("/")
 name = os.path.basename(d)
+try:   # the restart decisions the probe printed: "[restart at ]step N: reliance R ..."
+    said = re.findall(r"step (\d+): reliance ([0-9.]+)", open(d + ".log").read())
+except OSError:
+    said = []
+rel = ", ".join(f"{r} ({s})" for s, r in dict(said).items()) or "n/a"
 try:
     terms = [json.loads(l) for l in open(os.path.join(d, "terms.jsonl"))]
     c = json.load(open(os.path.join(d, "comparison.json")))
@@ -57,7 +65,7 @@ except (OSError, ValueError) as e:
 t, rows = c["rows"]["trained"], c["rows"]
 o = rows.get("oracle choice of points", {})
 secs = f"{terms[-1]['s']:.0f}" if terms else "n/a"
-print(f"| {name} | {c['steps']} | {secs} | {t['joint_f1']:.3f} | {t['dist']:.3f} | "
+print(f"| {name} | {c['steps']} | {secs} | {rel} | {t['joint_f1']:.3f} | {t['dist']:.3f} | "
       f"{t['diff']:.2f} | {t['bcc_defined']:.3f} (const {rows['best constant skeleton']['bcc_defined']:.3f}) | {t['struct_f1']:.3f} | "
       f"{c.get('spearman', {}).get('trained', float('nan')):.2f} | {o.get('joint_f1', float('nan')):.3f} |")
 EOF

@@ -30,7 +30,7 @@ def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def train_step(model, opt, cfg, batch, step: int) -> tuple:
     """One step as the training loop takes it, without DDP: the loss, Adam, gradient clipping by
-    value then by norm. Returns the model's (loss, terms)."""
+    value then by norm, Adam's moments cleared at a restart. Returns the model's (loss, terms)."""
     import torch
 
     loss, terms = model((batch["source"], batch["target"]), step)
@@ -40,6 +40,8 @@ def train_step(model, opt, cfg, batch, step: int) -> tuple:
         torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_grad_value)
     if cfg.clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+    if getattr(model, "restarted_at", None) == step:
+        opt.state.clear()                        # a fresh start (restart_step): no old moments
     opt.step()
     return loss, terms
 
