@@ -355,3 +355,36 @@ def test_identity_report_spread_of_bones_and_of_pairs_that_skip_a_hinge():
     assert len(first_bone) == 1 and first_bone[0] == pytest.approx(mod.relative_spread(
         sliding[:, 0], sliding[:, 1]))
     assert mod.relative_spread(sliding[:, 0], sliding[:, 1]) == pytest.approx(0.96 / 9.2)
+
+
+def test_probe_restart_clears_adam_and_start_outcomes_reads_the_decision(tiny_checkpoint, tmp_path,
+                                                                         capsys):
+    """A probe whose start is restarted at step 2 (restart_below 1: any reliance is below it)
+    restarts Adam too (its step count is 1 after 3 steps, not 3), and
+    benchmarks/start_outcomes.py reads the reliance the decision printed from the probe's log."""
+    from conftest import load_script
+    from kpray.train.predict import load_checkpoint
+
+    _, shards, _ = tiny_checkpoint
+    data = train_and_test_folder(shards, tmp_path)
+    probe = load_script("benchmarks/skeleton_probe.py")
+    out = tmp_path / "probes" / "p"
+    assert probe.main(["--out", str(out), "--log-every", "1", "--", "--data", str(data),
+                       "--preset", "cartpoles", "--steps", "3", "--batch-size", "2", "--points", "6",
+                       "--set", "pi_width=8", "--set", "psi_width=8", "--set", "background_width=8",
+                       "--set", "restart_step=2", "--set", "restart_window=2",
+                       "--set", "restart_below=1.0"]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "probes" / "p.log").write_text(printed)
+    state, _ = load_checkpoint(str(out))
+    assert int(state["model"]["restarts"]) == 1 and int(state["model"]["start_step"]) == 2
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {1}
+    outcomes = load_script("benchmarks/start_outcomes.py")
+    said = float(printed.split("restart at step 2: reliance ")[1].split()[0])
+    row = outcomes.read_probe(str(out))
+    assert row["at decision"] == pytest.approx(said) and row["steps"] == 3
+    assert row["steps 400-600"] != row["steps 400-600"]               # NaN: no step logged there
+    assert outcomes.main([str(tmp_path / "probes"), "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert outcomes.main([str(tmp_path / "nothing")]) == 2
+    assert outcomes.decision_reliance("step 250: reliance 0.315 >= 0.25; start kept") == 0.315
