@@ -49,14 +49,16 @@ echo "all probes done in $(( $(date +%s) - T0 )) s"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for d in "$OUTDIR"/probes/*/; do
     python3 - "$d" <<'EOF'
-import json, os, re, sys
+import json, os, sys
+sys.path.insert(0, "benchmarks")
+from start_outcomes import decisions
 d = sys.argv[1].rstrip("/")
 name = os.path.basename(d)
-try:   # the restart decisions the probe printed: "[restart at ]step N: reliance R ..."
-    said = re.findall(r"step (\d+): reliance ([0-9.]+)", open(d + ".log").read())
+try:   # the restart decisions the probe printed
+    said = decisions(open(d + ".log").read())
 except OSError:
-    said = []
-rel = ", ".join(f"{r} ({s})" for s, r in dict(said).items()) or "n/a"
+    said = {}
+rel = ", ".join(f"{r:.3f} ({s})" for s, r in said.items()) or "n/a"
 try:
     terms = [json.loads(l) for l in open(os.path.join(d, "terms.jsonl"))]
     c = json.load(open(os.path.join(d, "comparison.json")))

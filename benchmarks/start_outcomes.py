@@ -22,11 +22,16 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
+def decisions(log_text: str) -> dict[int, float]:
+    """{step: reliance} of the restart decisions a probe printed ("[restart at ]step N: reliance
+    R ..." in its log; Ray's copies of a line collapse into one)."""
+    return {int(s): float(r) for s, r in re.findall(r"step (\d+): reliance ([0-9.]+)", log_text)}
+
+
 def decision_reliance(log_text: str) -> float:
-    """The reliance of a probe's first restart decision ("[restart at ]step N: reliance R ..."
-    in its log), NaN when it printed none."""
-    found = re.findall(r"step \d+: reliance ([0-9.]+)", log_text)
-    return float(found[0]) if found else float("nan")
+    """The reliance of a probe's first restart decision, NaN when it printed none."""
+    found = decisions(log_text)
+    return found[min(found)] if found else float("nan")
 
 
 def window_mean(terms: list[dict], lo: int, hi: int) -> float:

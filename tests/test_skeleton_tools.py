@@ -388,3 +388,6 @@ def test_probe_restart_clears_adam_and_start_outcomes_reads_the_decision(tiny_ch
     assert (tmp_path / "s.png").stat().st_size > 0
     assert outcomes.main([str(tmp_path / "nothing")]) == 2
     assert outcomes.decision_reliance("step 250: reliance 0.315 >= 0.25; start kept") == 0.315
+    assert outcomes.decisions("restart at step 250: reliance 0.165 < 0.25; start 1\n" * 2 +
+                              "step 500: reliance 0.409 >= 0.25; start kept") == {250: 0.165,
+                                                                                   500: 0.409}
