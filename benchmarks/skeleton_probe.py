@@ -33,6 +33,8 @@ def train_step(model, opt, cfg, batch, step: int) -> tuple:
     value then by norm, Adam's moments cleared at a restart. Returns the model's (loss, terms)."""
     import torch
 
+    from kpray.train.loop import optimizer_step
+
     loss, terms = model((batch["source"], batch["target"]), step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -40,9 +42,7 @@ def train_step(model, opt, cfg, batch, step: int) -> tuple:
         torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_grad_value)
     if cfg.clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-    if getattr(model, "restarted_at", None) == step:
-        opt.state.clear()                        # a fresh start (restart_step): no old moments
-    opt.step()
+    optimizer_step(model, opt, step)
     return loss, terms
 
 

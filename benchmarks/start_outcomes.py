@@ -19,8 +19,6 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 
 def decisions(log_text: str) -> dict[int, float]:
     """{step: reliance} of the restart decisions a probe printed ("[restart at ]step N: reliance

@@ -113,6 +113,14 @@ def scheduled_lr(lr: float, warmup_steps: int, step: int, decay_steps: int = 0,
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def optimizer_step(model: nn.Module, optimizer, step: int) -> None:
+    """``optimizer.step()``; when the model loaded a fresh start at this step (``restart_step``,
+    ``model.restarted_at == step``), the optimiser's moments of the old start are cleared first."""
+    if getattr(model, "restarted_at", None) == step:
+        optimizer.state.clear()
+    optimizer.step()
+
+
 def save_state(path: str, model: nn.Module, optimizer, step: int, rng_states: list,
                cfg: TrainConfig) -> None:
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -268,9 +276,7 @@ def train_func(config: dict) -> None:
             break
         for g in optimizer.param_groups:
             g["lr"] = scheduled_lr(cfg.lr, cfg.lr_warmup_steps, step, cfg.lr_decay_steps, cfg.steps)
-        if getattr(model, "restarted_at", None) == step:
-            optimizer.state.clear()              # a fresh start (AutoLink restart_step): no old moments
-        optimizer.step()
+        optimizer_step(model, optimizer, step)
         step += 1
         if cfg.step_sleep_s:
             time.sleep(cfg.step_sleep_s)
