@@ -17,7 +17,8 @@ and two link matrices [P, P] are scored by the solver's objective
 
 If the oracle scores lower than the solver, the search misses the loss's optimum; if higher, the
 loss itself prefers another skeleton, and the per-term table says which term. ``--set`` changes
-model settings as in ``jobs/evaluate.py`` (JSON values; ``weights`` merged).
+model settings as in ``jobs/evaluate.py`` (JSON values; ``weights`` merged). ``--by-body``
+adds the same rows per body.
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def main(argv=None) -> int:
                     help="frames per video the losses see (default: the config's solver_frames)")
     ap.add_argument("--eps", type=float, default=0.15)
     ap.add_argument("--episodes", type=int, default=None, help="first N test episodes only")
+    ap.add_argument("--by-body", action="store_true",
+                    help="also the weighted terms per body (which term decides each body's count)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -110,6 +113,16 @@ def main(argv=None) -> int:
         print(f"| {name} | " + " | ".join(f"{np.mean([r[n] for r in recs]):.2f}" for n in names)
               + f" | {np.mean([r['joint_f1'] for r in recs]):.3f} | "
               f"{np.mean([r['struct_f1'] for r in recs]):.3f} | {body} |")
+    if a.by_body:
+        print("\n| body | links | " + " | ".join(names) + " | joints | joint F1 |")
+        print("|" + " --- |" * (len(names) + 4))
+        for body in sorted({r["body"] for r in rows["solver"]}):
+            for name, recs in rows.items():
+                mine = [r for r in recs if r["body"] == body]
+                print(f"| {body} ({len(mine)}) | {name} | "
+                      + " | ".join(f"{np.mean([r[n] for r in mine]):.2f}" for n in names)
+                      + f" | {np.mean([r['joints'] for r in mine]):.1f} | "
+                      f"{np.mean([r['joint_f1'] for r in mine]):.3f} |")
     lower = np.mean([o["total"] < s["total"] - 1e-6 for o, s in zip(rows["oracle"], rows["solver"])])
     print(f"\noracle's loss below the solver's on {lower:.0%} of the videos")
     return 0

@@ -15,6 +15,8 @@ the video later) are fixed, and the link matrix that minimises the weighted stru
 - ``video``: the same greedy search on the setting's ``solver_frames`` frames spread over the
   video, one skeleton per video: exactly what ``psi_head="solver"`` predicts, so a solver
   setting can be tried on a trained pi without retraining (pi does not learn from it).
+  ``--evidence mask`` gives its uniform term the true body mask as foreground (an oracle: does
+  the gap test on the points' own evidence limit the skeleton?).
 
 The minimisers are scored as the model's skeletons are (``kpray.skeleton_report``: joint and
 structure metrics, Spearman of predicted against true joint counts, joints per body). Each
@@ -32,6 +34,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -82,13 +85,23 @@ def video_maps(model, adapter, episodes) -> tuple[list[torch.Tensor], list[np.nd
     return maps, tracks
 
 
-def video_links(c, maps: list[torch.Tensor]) -> torch.Tensor:
+def mask_evidence(c, episode) -> torch.Tensor:
+    """The true body mask of every frame of a video, [T, H, W] in {0, 1}, widened by a max-pool
+    of ``c.uniform_pool`` as the points' evidence is: an oracle of the foreground for eq. 7."""
+    m = torch.from_numpy((np.asarray(episode["masks"]) > 0).astype(np.float32))[:, None]
+    return F.max_pool2d(m, c.uniform_pool, stride=1, padding=c.uniform_pool // 2)[:, 0]
+
+
+def video_links(c, maps: list[torch.Tensor], evidence: list[torch.Tensor] | None = None) -> torch.Tensor:
     """[V, P, P] 0/1 links: per video, ``greedy_links`` on ``c.solver_frames`` frames of its
-    maps [T, P, H, W] spread over it (``psi_head="solver"``'s one skeleton per video)."""
+    maps [T, P, H, W] spread over it (``psi_head="solver"``'s one skeleton per video); with
+    ``evidence`` ([T, H, W] per video), the uniform term reads it instead of the points'."""
     out = []
-    for m in maps:
-        km = m[solver.spread_frames(m.shape[0], c.solver_frames)]
-        out.append(solver.solve_links(c, km, expected_location(km)))
+    for v, m in enumerate(maps):
+        k = solver.spread_frames(m.shape[0], c.solver_frames)
+        km = m[k]
+        ev = None if evidence is None else evidence[v][k]
+        out.append(solver.solve_links(c, km, expected_location(km), evidence=ev))
     return torch.stack(out)
 
 
@@ -140,8 +153,13 @@ def main(argv=None) -> None:
     ap.add_argument("--fit-steps", type=int, default=200)
     ap.add_argument("--setting", action="append", default=None, metavar="JSON",
                     help="SkeletonConfig fields to apply (repeatable: one row each)")
+    ap.add_argument("--evidence", choices=("points", "mask"), default="points",
+                    help="--solver video: the uniform term's foreground: the points' own (the "
+                         "model's) or the true body mask (an oracle)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.evidence != "points" and args.solver != "video":
+        ap.error("--evidence mask needs --solver video")
     torch.set_num_threads(args.threads)
     model, adapter, _, _ = load_model(args.checkpoint)
     episodes = list(iter_episodes(args.data, split=args.split))[:args.episodes]
@@ -157,7 +175,8 @@ def main(argv=None) -> None:
         if args.solver == "fit":
             links = S.fit_links_per_sample(c, sm, tm, sp, tp, None, args.fit_steps, c.psi_fit_lr)
         elif args.solver == "video":
-            links = video_links(c, maps)
+            links = video_links(c, maps, None if args.evidence == "points"
+                                else [mask_evidence(c, ep) for ep in episodes])
         else:
             links = greedy_links(c, sm, tm, sp, tp)
         print(score_row(f"`{text}`", score_links(episodes, tracks, links)), flush=True)

@@ -419,6 +419,18 @@ def test_uniform_evidence_peak_normalised_separates_gaps():
         L.foreground_evidence(maps, 5, "sum")
 
 
+def test_near_margin_thickens_the_link():
+    # link (0, 1) along y = 0; point 2 is 0.05 beside it, point 3 is 0.3 beside it; two frames
+    pts = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.5, 0.05], [0.5, 0.3]]])
+    s = links_matrix(4, {(0, 1): 1.0})
+    plain = -2 * (2 + math.exp(-0.5) + math.exp(-3.0))
+    assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1), torch.tensor(plain), atol=1e-4)
+    assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1, margin=0.0), torch.tensor(plain), atol=1e-4)
+    # margin 0.05: point 2 is inside the thickened link (1), point 3 is 0.25 outside it
+    thick = -2 * (2 + 1 + math.exp(-2.5))
+    assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1, margin=0.05), torch.tensor(thick), atol=1e-4)
+
+
 def test_near_endpoint_credit_and_softmax_max():
     pts = torch.tensor([[[-0.5, 0.0], [0.5, 0.0], [0.0, 0.0]]])     # point 2 on link (0, 1)
     s = links_matrix(3, {(0, 1): 1.0})

@@ -42,6 +42,26 @@ def test_solver_links_a_straight_body_once_and_a_bent_one_through_its_corner():
     assert {(i, j) for i in range(12) for j in range(i + 1, 12) if s[i, j] == 1} == {(0, 6), (6, 11)}
 
 
+def test_solver_evidence_replaces_the_points_foreground_in_the_gap_test():
+    from kpray.models.skeleton_solver import solve_links
+
+    c = solver_config(num_points=6)
+    # two groups of three points 4 px apart on one line, 28 px of empty line between them
+    px = torch.tensor([[10.0, 32], [14, 32], [18, 32], [46, 32], [50, 32], [54, 32]])
+    pts = to_normalised(px[None], 64)
+    maps = O.one_hot_maps(pts, 64)
+
+    def links(evidence):
+        s = solve_links(c, maps, pts, evidence=evidence)
+        return {(i, j) for i in range(6) for j in range(i + 1, 6) if s[i, j] == 1}
+
+    assert links(None) == {(0, 2), (3, 5)}              # the points' evidence: no link over the gap
+    bar = torch.zeros(1, 64, 64)
+    bar[0, 30:35, 8:57] = 1                             # a body along the whole line
+    assert links(bar) == {(0, 5)}                       # the gap is body: one link end to end
+    assert links(torch.zeros(1, 64, 64)) == set()       # no foreground: every link has a gap
+
+
 def test_batched_objective_equals_the_loss_of_each_candidate():
     from torch.func import vmap
 
@@ -211,3 +231,22 @@ def test_solver_on_oracle_points_follows_the_body():
              for k in (1, 3, 5)}
     assert links[1] < links[3] < links[5] and links[5] >= links[1] + 1, links
     assert r["mean"]["struct_f1"] >= 0.8 and r["mean"]["joint_f1"] >= 0.8, r["mean"]
+
+
+def test_structure_benchmarks_take_mask_evidence_and_split_terms_by_body(tiny_checkpoint, capsys):
+    from conftest import load_script
+
+    root, shards, _ = tiny_checkpoint
+    sop = load_script("benchmarks/structure_on_points.py")
+    sop.main([str(root / "run"), str(shards), "--solver", "video", "--evidence", "mask",
+              "--threads", "1", "--setting", '{"solver_frames": 2}'])
+    out = capsys.readouterr().out
+    assert "3 test videos, solver video" in out and out.count('| `{"solver_frames": 2}` |') == 1
+    with pytest.raises(SystemExit):                      # the mask oracle is the video solver's
+        sop.main([str(root / "run"), str(shards), "--solver", "fit", "--evidence", "mask"])
+    svo = load_script("benchmarks/solver_vs_oracle.py")
+    assert svo.main([str(root / "run"), str(shards), "--frames", "2", "--by-body",
+                     "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for k in (1, 2, 3):                                  # one row per body and kind of links
+        assert out.count(f"| cartpole:{k} (1) |") == 3, out

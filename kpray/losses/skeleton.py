@@ -106,7 +106,7 @@ def _straight_through_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
 def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor,
               scale: float = 0.1, temperature: float = 0.1,
               exclude_endpoints: bool = False, endpoint_credit: float = 1.0,
-              max_mode: str = "straight_through") -> torch.Tensor:
+              max_mode: str = "straight_through", margin: float = 0.0) -> torch.Tensor:
     """-sum_f sum_p max_ij S_ij exp(-d^f[p||i,j] / scale) (eq. 3).
 
     links: [B, P, P]; *_points: [B, P, 2] normalised. d is the distance from point p to the
@@ -122,7 +122,10 @@ def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: t
     scores as well as a skeleton whose links pass through the points.
     max_mode: "straight_through" (the paper's relaxation: the arg-max link takes the gradient)
     or "softmax" (x . softmax(x / temperature) in both passes: links that explain a point
-    equally well share its gradient, so a redundant link gets less than a needed one)."""
+    equally well share its gradient, so a redundant link gets less than a needed one).
+    margin >= 0 (normalised; 0 = eq. 3): d is measured from the segment thickened to this radius,
+    max(d - margin, 0), so a point within margin of a link counts as fully explained (a link
+    stands for a limb of some width, not a line)."""
     if max_mode not in NEAR_MAX_MODES:
         raise ValueError(f"max_mode must be one of {NEAR_MAX_MODES}, got {max_mode!r}")
     relaxed_max = _straight_through_max if max_mode == "straight_through" else _soft_max
@@ -138,7 +141,10 @@ def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: t
     total = links.new_zeros(())
     for pts in (source_points, target_points):
         d2 = segment_distance2(pts[:, :, None], pts[:, None, i], pts[:, None, j])  # [B, P, E]
-        near = s[:, None] * torch.exp(-(d2 + 1e-12).sqrt() / scale)
+        d = (d2 + 1e-12).sqrt()
+        if margin > 0:
+            d = (d - margin).clamp_min(0)
+        near = s[:, None] * torch.exp(-d / scale)
         if own is not None:
             near = torch.where(own, near * endpoint_credit, near)
         total = total - relaxed_max(near, temperature).sum(dim=-1).mean()

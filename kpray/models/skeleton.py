@@ -138,6 +138,8 @@ class SkeletonConfig:
     sparse_links_normalise: str = "mean"  # open: "mean" over pairs or "sum" (literal eq. 4)
     sparse_joints_normalise: str = "sum"  # open: "sum" over points (literal eq. 4) or "mean"
     near_scale: float = 0.1         # open: unit of d in exp(-d) of the near loss (normalised)
+    near_margin: float = 0.0        # open (0 = eq. 3): distance (normalised) within which a link
+                                    # explains a point fully: d -> max(d - margin, 0)
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
     near_exclude_endpoints: bool = False  # open: True: a link explains only points other than
                                           # its two endpoints; helps at P = 16, not at P = 32
@@ -538,10 +540,12 @@ def _gained(ps: torch.Tensor, pt: torch.Tensor, gain: float) -> tuple[torch.Tens
 
 
 def link_coverages(c: SkeletonConfig, source_maps, target_maps, source_points,
-                   target_points) -> list[torch.Tensor]:
-    """delta^f [B, E] of eq. 7 for f = source, target (no gradient)."""
-    return [L.link_coverage(pts, L.foreground_evidence(maps, c.uniform_pool, c.uniform_evidence),
-                            c.uniform_tau)
+                   target_points, evidence: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """delta^f [B, E] of eq. 7 for f = source, target (no gradient). ``evidence`` [B, H, W] in
+    [0, 1], when given, replaces the points' pi-bar in both frames (an oracle of the foreground,
+    e.g. the true body mask: ``benchmarks/structure_on_points.py --evidence mask``)."""
+    return [L.link_coverage(pts, L.foreground_evidence(maps, c.uniform_pool, c.uniform_evidence)
+                            if evidence is None else evidence, c.uniform_tau)
             for pts, maps in ((source_points, source_maps), (target_points, target_maps))]
 
 
@@ -562,7 +566,7 @@ def structure_terms(c: SkeletonConfig, links: torch.Tensor, source_maps: torch.T
     return {
         "near": L.near_loss(links, *_gained(ps, pt, c.near_points_gain), c.near_scale,
                             c.near_temperature, c.near_exclude_endpoints, c.near_endpoint_credit,
-                            c.near_max),
+                            c.near_max, c.near_margin),
         "sparse_joints": sparse_joints,
         "sparse_links": sparse_links,
         "uniform": L.uniform_loss(links, coverage, c.uniform_alpha),

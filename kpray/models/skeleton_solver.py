@@ -29,17 +29,19 @@ from kpray.ops.coords import expected_location
 
 def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
                         target_maps: torch.Tensor | None = None,
-                        target_points: torch.Tensor | None = None):
+                        target_points: torch.Tensor | None = None,
+                        evidence: torch.Tensor | None = None):
     """f(S [P, P]) -> the weighted structure loss (full weights, no ramp) of links S on K frames:
     location maps [K, P, H, W] and points [K, P, 2] (normalised), all treated as constants. Each
-    frame is its own target unless K target frames are given (source/target pairs)."""
+    frame is its own target unless K target frames are given (source/target pairs). evidence
+    [K, H, W]: the uniform term's foreground in place of the points' (``link_coverages``)."""
     from kpray.models.skeleton import link_coverages, structure_terms
 
     maps, points = maps.detach(), points.detach()
     t_maps = maps if target_maps is None else target_maps.detach()
     t_points = points if target_points is None else target_points.detach()
     k, p = points.shape[:2]
-    coverage = link_coverages(c, maps, t_maps, points, t_points)
+    coverage = link_coverages(c, maps, t_maps, points, t_points, evidence)
     w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)
     rigid = c.solver_rigidity > 0 and k > 1 and target_points is None
     spread = L.length_spread(points) if rigid else None        # [P, P], once for all candidates
@@ -56,14 +58,15 @@ def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
 @torch.no_grad()
 def greedy_links(c, maps: torch.Tensor, points: torch.Tensor,
                  target_maps: torch.Tensor | None = None, target_points: torch.Tensor | None = None,
-                 max_steps: int | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+                 max_steps: int | None = None, start: torch.Tensor | None = None,
+                 evidence: torch.Tensor | None = None) -> torch.Tensor:
     """[P, P] symmetric 0/1 links that (locally) minimise ``structure_objective`` on K frames
     (maps [K, P, H, W], points [K, P, 2]; optional targets as there): from no links (or from
     ``start`` [P, P]), toggle the one link whose toggle lowers the loss most, until none does (or
     after ``max_steps``, default P(P-1)/2 toggles). Every candidate toggle of a step is scored in
     one batched call."""
     p = points.shape[1]
-    f = vmap(structure_objective(c, maps, points, target_maps, target_points))
+    f = vmap(structure_objective(c, maps, points, target_maps, target_points, evidence))
     iu, ju = torch.triu_indices(p, p, 1, device=points.device)
     e = torch.arange(iu.numel(), device=points.device)
     cur = points.new_zeros(p, p) if start is None else start.to(points).clone()
@@ -109,18 +112,20 @@ def check_solver_start(c) -> None:
 
 def solve_links(c, maps: torch.Tensor, points: torch.Tensor,
                 target_maps: torch.Tensor | None = None,
-                target_points: torch.Tensor | None = None) -> torch.Tensor:
+                target_points: torch.Tensor | None = None,
+                evidence: torch.Tensor | None = None) -> torch.Tensor:
     """``greedy_links`` from the start ``c.solver_start`` names: "empty" (no links), "tree" (the
     points' ``spanning_tree``, from which toggling drops what does not pay), or "best" (both;
-    the result with the lower weighted structure loss)."""
+    the result with the lower weighted structure loss). evidence: as ``structure_objective``."""
     check_solver_start(c)
     starts = [] if c.solver_start == "tree" else [None]
     if c.solver_start != "empty":               # the tree only where it is searched from
         starts.append(spanning_tree(points))
-    found = [greedy_links(c, maps, points, target_maps, target_points, start=s) for s in starts]
+    found = [greedy_links(c, maps, points, target_maps, target_points, start=s, evidence=evidence)
+             for s in starts]
     if len(found) == 1:
         return found[0]
-    f = structure_objective(c, maps, points, target_maps, target_points)
+    f = structure_objective(c, maps, points, target_maps, target_points, evidence)
     return min(found, key=lambda s: float(f(s)))
 
 
