@@ -139,7 +139,9 @@ class SkeletonConfig:
     sparse_joints_normalise: str = "sum"  # open: "sum" over points (literal eq. 4) or "mean"
     near_scale: float = 0.1         # open: unit of d in exp(-d) of the near loss (normalised)
     near_margin: float = 0.0        # open (0 = eq. 3): distance (normalised) within which a link
-                                    # explains a point fully: d -> max(d - margin, 0)
+                                    # explains a point fully: d -> max(d - margin, 0). Measured
+                                    # with the solver at 0.03-0.08: no gain (the one-pole bodies
+                                    # keep their extra joint; docs/benchmarks.md, session 22)
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
     near_exclude_endpoints: bool = False  # open: True: a link explains only points other than
                                           # its two endpoints; helps at P = 16, not at P = 32
