@@ -111,8 +111,6 @@ def scheduled_lr(lr: float, warmup_steps: int, step: int, decay_steps: int = 0,
     return lr * (step + 1) / warmup_steps
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
 def optimizer_step(model: nn.Module, optimizer, step: int) -> None:
     """``optimizer.step()``; when the model loaded a fresh start at this step (``restart_step``,
     ``model.restarted_at == step``), the optimiser's moments of the old start are cleared first."""
@@ -120,6 +118,8 @@ def optimizer_step(model: nn.Module, optimizer, step: int) -> None:
         optimizer.state.clear()
     optimizer.step()
 
+
+# ----------------------------------------------------------------------------- checkpoints
 
 def save_state(path: str, model: nn.Module, optimizer, step: int, rng_states: list,
                cfg: TrainConfig) -> None:
