@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     print("| step | on object | mass on object | peak | distinct | recon |")
     print("| --- | --- | --- | --- | --- | --- |")
     loader = make_loader(args.data, "pair", args.batch_size, seed=args.seed, loader_workers=0)
-    t0 = time.time()
+    t0, terms = time.time(), {}
     for step in range(args.steps + 1):
         if step % 25 == 0 or step == args.steps:
             r = where_points_are(model, frames, masks, step)

@@ -42,7 +42,7 @@ from torch import nn
 
 from kpray.ops.batchnorm import buffer_fingerprint, convert_batchnorm, local_statistics
 from kpray.train.config import TrainConfig
-from kpray.train.data import load_episodes, make_loader, to_device
+from kpray.train.data import make_loader, to_device
 
 STATE_FILE = "state.pt"
 
