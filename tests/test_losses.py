@@ -431,6 +431,27 @@ def test_near_margin_thickens_the_link():
     assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1, margin=0.05), torch.tensor(thick), atol=1e-4)
 
 
+def test_near_density_weights_count_a_pile_of_points_once():
+    # points 0-2 coincide, point 3 lies 1.0 away (far beyond sigma): weights 1/3, 1/3, 1/3, 1
+    pts = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]])
+    w = L.point_density_weights(pts, 0.05)
+    assert torch.allclose(w, torch.tensor([[1 / 3, 1 / 3, 1 / 3, 1.0]]), atol=1e-6)
+    # two points sigma apart: each 1 / (1 + e^-0.5)
+    two = torch.tensor([[[0.0, 0.0], [0.05, 0.0]]])
+    assert torch.allclose(L.point_density_weights(two, 0.05), torch.full((1, 2), 1 / (1 + math.exp(-0.5))))
+    # a link from the pile (point 0) to point 3 explains every point (d = 0): plain eq. 3 counts
+    # 4 points per frame, the density-weighted one 1 + 1 (the pile once, the lone point once)
+    s = links_matrix(4, {(0, 3): 1.0})
+    assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1), torch.tensor(-8.0), atol=1e-4)
+    assert torch.isclose(L.near_loss(s, pts, pts, scale=0.1, density_sigma=0.05), torch.tensor(-4.0), atol=1e-4)
+    # a link inside the pile (0, 1) is worth the pile alone: 1 place, where plain eq. 3 gives 3
+    inside = links_matrix(4, {(0, 1): 1.0})
+    far = math.exp(-1.0 / 0.1)
+    assert torch.isclose(L.near_loss(inside, pts, pts, scale=0.1), torch.tensor(-2 * (3 + far)), atol=1e-4)
+    assert torch.isclose(L.near_loss(inside, pts, pts, scale=0.1, density_sigma=0.05),
+                         torch.tensor(-2 * (1 + far)), atol=1e-4)
+
+
 def test_near_endpoint_credit_and_softmax_max():
     pts = torch.tensor([[[-0.5, 0.0], [0.5, 0.0], [0.0, 0.0]]])     # point 2 on link (0, 1)
     s = links_matrix(3, {(0, 1): 1.0})

@@ -83,6 +83,57 @@ def test_batched_objective_equals_the_loss_of_each_candidate():
         assert float(got) == pytest.approx(float(sum(w[k] * v for k, v in terms.items())), rel=1e-5)
 
 
+def _chain_video(p: int, k: int, seed: int):
+    """k frames of p points along a bent chain of three straight parts, jittered per frame:
+    (one-hot maps [k, p, 64, 64], points [k, p, 2])."""
+    from kpray.ops.coords import expected_location
+
+    g = torch.Generator().manual_seed(seed)
+    corners = torch.tensor([[16.0, 16], [16, 36], [36, 36], [46, 24]])
+    t = torch.linspace(0, 3, p)
+    part = t.floor().clamp(max=2).long()
+    base = corners[part] + (t - part)[:, None] * (corners[part + 1] - corners[part])
+    px = (base + torch.randn(k, p, 2, generator=g)).round().clamp(0, 63)
+    maps = O.one_hot_maps(to_normalised(px, 64), 64)
+    return maps, expected_location(maps)
+
+
+SOLVER_VARIANTS = [{}, {"near_exclude_endpoints": True, "weights": {"sparse_joints": 1.0}},
+                   {"near_endpoint_credit": 0.5, "near_margin": 0.05},
+                   {"near_density_sigma": 0.05, "sparse_p": 1.0, "weights": {"sparse_joints": 4.0}},
+                   {"solver_rigidity": 300.0, "l_max": 0.5}]
+
+
+def _variant(p: int, v: dict) -> SkeletonConfig:
+    c = dataclasses.replace(solver_config(num_points=p), **{k: x for k, x in v.items() if k != "weights"})
+    return dataclasses.replace(c, weights=LossWeights(**{**c.loss_weights().as_dict(), **v.get("weights", {})}))
+
+
+@pytest.mark.parametrize("variant", range(len(SOLVER_VARIANTS)))
+def test_link_costs_take_the_objective_apart_and_the_fast_search_finds_the_same_links(variant):
+    from kpray.models.skeleton_solver import LinkCosts, greedy_links_by_objective
+
+    c = _variant(14, SOLVER_VARIANTS[variant])
+    maps, pts = _chain_video(14, 3, seed=variant)
+    cands = (torch.rand(8, 14, 14, generator=torch.Generator().manual_seed(variant)) > 0.8).float()
+    cands = torch.triu(cands, 1) + torch.triu(cands, 1).transpose(1, 2)
+    iu, ju = torch.triu_indices(14, 14, 1)
+    for targets in ((None, None), (maps.roll(1, 0), pts.roll(1, 0))):
+        costs = LinkCosts(c, maps, pts, *targets)
+        f = structure_objective(c, maps, pts, *targets)
+        for s in cands:
+            present = s[iu, ju] > 0.5
+            near = -(costs.near[:, present].amax(1) if present.any() else torch.zeros(1)).clamp_min(0).sum()
+            value = near + costs.linear[present].sum() + costs.sparse(s[None])[0]
+            assert float(value) == pytest.approx(float(f(s)), rel=1e-5, abs=1e-3)
+        fast = greedy_links(c, maps, pts, *targets)
+        assert torch.equal(fast, greedy_links_by_objective(c, maps, pts, *targets))
+        assert fast.sum() > 0                            # the chain gets links: a real search
+    # a softmax max in near's forward cannot be taken apart: the search scores every candidate
+    soft = dataclasses.replace(c, near_max="softmax")
+    assert torch.equal(greedy_links(soft, maps, pts), greedy_links_by_objective(soft, maps, pts))
+
+
 def test_solver_rigidity_adds_each_links_length_spread_over_the_video():
     from kpray.losses.skeleton import length_spread, video_rigidity
     from kpray.ops.coords import expected_location

@@ -106,7 +106,8 @@ def _straight_through_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
 def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: torch.Tensor,
               scale: float = 0.1, temperature: float = 0.1,
               exclude_endpoints: bool = False, endpoint_credit: float = 1.0,
-              max_mode: str = "straight_through", margin: float = 0.0) -> torch.Tensor:
+              max_mode: str = "straight_through", margin: float = 0.0,
+              density_sigma: float = 0.0) -> torch.Tensor:
     """-sum_f sum_p max_ij S_ij exp(-d^f[p||i,j] / scale) (eq. 3).
 
     links: [B, P, P]; *_points: [B, P, 2] normalised. d is the distance from point p to the
@@ -125,30 +126,56 @@ def near_loss(links: torch.Tensor, source_points: torch.Tensor, target_points: t
     equally well share its gradient, so a redundant link gets less than a needed one).
     margin >= 0 (normalised; 0 = eq. 3): d is measured from the segment thickened to this radius,
     max(d - margin, 0), so a point within margin of a link counts as fully explained (a link
-    stands for a limb of some width, not a line)."""
+    stands for a limb of some width, not a line).
+    density_sigma > 0 (normalised; 0 = eq. 3): point p's term is weighed by
+    ``point_density_weights``, 1 / sum_q exp(-|x_p - x_q|^2 / (2 sigma^2)) in its frame, so a pile
+    of points on one place counts about once and a lone point fully: a link is then worth the
+    places it explains, not the number of points that happen to sit there."""
     if max_mode not in NEAR_MAX_MODES:
         raise ValueError(f"max_mode must be one of {NEAR_MAX_MODES}, got {max_mode!r}")
     relaxed_max = _straight_through_max if max_mode == "straight_through" else _soft_max
     if exclude_endpoints:
         endpoint_credit = 0.0
-    p = links.shape[-1]
-    i, j = upper_pairs(p, links.device)
+    i, j = upper_pairs(links.shape[-1], links.device)
     s = links[:, i, j]                                                      # [B, E]
-    own = None
-    if endpoint_credit != 1.0:
-        idx = torch.arange(p, device=links.device)[:, None]
-        own = (idx == i[None]) | (idx == j[None])                           # [P, E]
     total = links.new_zeros(())
     for pts in (source_points, target_points):
-        d2 = segment_distance2(pts[:, :, None], pts[:, None, i], pts[:, None, j])  # [B, P, E]
-        d = (d2 + 1e-12).sqrt()
-        if margin > 0:
-            d = (d - margin).clamp_min(0)
-        near = s[:, None] * torch.exp(-d / scale)
-        if own is not None:
-            near = torch.where(own, near * endpoint_credit, near)
-        total = total - relaxed_max(near, temperature).sum(dim=-1).mean()
+        near = s[:, None] * near_values(pts, scale, endpoint_credit, margin)   # [B, P, E]
+        explained = relaxed_max(near, temperature)                          # [B, P]
+        if density_sigma > 0:
+            explained = explained * point_density_weights(pts, density_sigma)
+        total = total - explained.sum(dim=-1).mean()
     return total
+
+
+def near_values(points: torch.Tensor, scale: float = 0.1, endpoint_credit: float = 1.0,
+                margin: float = 0.0) -> torch.Tensor:
+    """What link (i, j), when present, is worth to point p in eq. 3: exp(-d[p||i,j] / scale),
+    d measured from the segment thickened by ``margin`` and a link's own endpoints given
+    ``endpoint_credit`` times their value (see ``near_loss``). points [B, P, 2] normalised ->
+    [B, P, E], pairs in ``upper_pairs`` order. ``near_loss`` is minus the sum over points of the
+    max over the links present; the solver reuses these values for every candidate skeleton."""
+    p = points.shape[1]
+    i, j = upper_pairs(p, points.device)
+    d = (segment_distance2(points[:, :, None], points[:, None, i], points[:, None, j]) + 1e-12).sqrt()
+    if margin > 0:
+        d = (d - margin).clamp_min(0)
+    near = torch.exp(-d / scale)
+    if endpoint_credit != 1.0:
+        idx = torch.arange(p, device=points.device)[:, None]
+        own = (idx == i[None]) | (idx == j[None])                           # [P, E]
+        near = torch.where(own, near * endpoint_credit, near)
+    return near
+
+
+def point_density_weights(points: torch.Tensor, sigma: float) -> torch.Tensor:
+    """points [B, P, 2] (normalised) -> weights [B, P] = 1 / sum_q exp(-|x_p - x_q|^2 / (2
+    sigma^2)), q over the frame's P points, p itself included (so every weight is in (0, 1]; k
+    coincident points get 1/k each, a point sigma * 3 from all others about 1). Constants: no
+    gradient flows through them."""
+    x = points.detach()
+    d2 = (x[:, :, None] - x[:, None]).pow(2).sum(-1)                       # [B, P, P]
+    return 1.0 / torch.exp(-d2 / (2 * sigma ** 2)).sum(-1)
 
 
 # ---------------------------------------------------------------- sparse, eq. (4)
@@ -163,6 +190,13 @@ def sparse_losses(links: torch.Tensor, p: float = 0.5, links_normalise: str = "m
     With the paper's weights (sparse links 500-7000, joints 0.0002-0.1, near 10) the summed link
     term outweighs everything (measured: P = 32 drove every link to ~1e-8 within 100 steps),
     while a mean joint term (at most 0.1) never pays for dropping a single joint."""
+    link_term, joint_term = sparse_terms(links, p, links_normalise, joints_normalise)
+    return link_term.mean(), joint_term.mean()
+
+
+def sparse_terms(links: torch.Tensor, p: float = 0.5, links_normalise: str = "mean",
+                 joints_normalise: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+    """``sparse_losses`` per sample: (links term [B], joints term [B]) for links [B, P, P]."""
     for what, mode in (("links_normalise", links_normalise), ("joints_normalise", joints_normalise)):
         if mode not in ("mean", "sum"):
             raise ValueError(f"{what} must be 'mean' or 'sum', got {mode!r}")
@@ -172,7 +206,7 @@ def sparse_losses(links: torch.Tensor, p: float = 0.5, links_normalise: str = "m
     reduce_joints = torch.mean if joints_normalise == "mean" else torch.sum
     link_term = reduce_links(s.pow(p), dim=-1).pow(1 / p)
     joint_term = reduce_joints(links.amax(dim=-1).clamp_min(1e-12).pow(p), dim=-1).pow(1 / p)
-    return link_term.mean(), joint_term.mean()
+    return link_term, joint_term
 
 
 # ---------------------------------------------------------------- uniform, eq. (5) and (7)
@@ -231,11 +265,14 @@ def uniform_loss(links: torch.Tensor, coverages: list[torch.Tensor], alpha: floa
     the links that have gaps (0 when no pair has a gap)."""
     i, j = upper_pairs(links.shape[-1], links.device)
     s = links[:, i, j]
-    total = links.new_zeros(())
-    for delta in coverages:
-        gap = (delta < alpha).to(s.dtype)
-        total = total + ((s * gap).sum(-1) / gap.sum(-1).clamp_min(1)).mean()
-    return total
+    return sum((s * gap_weights(delta, alpha)).sum(-1).mean() for delta in coverages)
+
+
+def gap_weights(delta: torch.Tensor, alpha: float = 0.8) -> torch.Tensor:
+    """delta [B, E] -> what each link costs in eq. 5 when present: [delta_ij < alpha] / (the
+    number of pairs with a gap, at least 1)."""
+    gap = (delta < alpha).to(delta.dtype)
+    return gap / gap.sum(-1, keepdim=True).clamp_min(1)
 
 
 # ---------------------------------------------------------------- length, supplementary eq. (8)
@@ -246,11 +283,16 @@ def length_loss(links: torch.Tensor, source_points: torch.Tensor, target_points:
     normalised units (2 = the image width)."""
     i, j = upper_pairs(links.shape[-1], links.device)
     s = links[:, i, j]
-    total = links.new_zeros(())
-    for pts in (source_points, target_points):
-        length = ((pts[:, i] - pts[:, j]).pow(2).sum(-1) + 1e-12).sqrt()           # [B, E]
-        total = total + (s * (F.relu(l_min - length) + F.relu(length - l_max))).sum(-1).mean()
-    return total
+    return sum((s * length_penalties(pts, l_min, l_max)).sum(-1).mean()
+               for pts in (source_points, target_points))
+
+
+def length_penalties(points: torch.Tensor, l_min: float = 0.1, l_max: float = 1.0) -> torch.Tensor:
+    """points [B, P, 2] normalised -> [B, E]: what each link costs in eq. 8 when present,
+    max(0, l_min - l_ij) + max(0, l_ij - l_max)."""
+    i, j = upper_pairs(points.shape[1], points.device)
+    length = ((points[:, i] - points[:, j]).pow(2).sum(-1) + 1e-12).sqrt()
+    return F.relu(l_min - length) + F.relu(length - l_max)
 
 
 def rigidity_loss(links: torch.Tensor, source_points: torch.Tensor,

@@ -142,6 +142,11 @@ class SkeletonConfig:
                                     # explains a point fully: d -> max(d - margin, 0). Measured
                                     # with the solver at 0.03-0.08: no gain (the one-pole bodies
                                     # keep their extra joint; docs/benchmarks.md, session 22)
+    near_density_sigma: float = 0.0  # open (0 = eq. 3): each point's term in eq. 3 weighed by
+                                     # 1 / (its frame's points within ~sigma, itself included;
+                                     # L.point_density_weights), so a pile of points on the cart
+                                     # counts as one place and a lone point on an outer pole
+                                     # fully
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
     near_exclude_endpoints: bool = False  # open: True: a link explains only points other than
                                           # its two endpoints; helps at P = 16, not at P = 32
@@ -546,9 +551,16 @@ def link_coverages(c: SkeletonConfig, source_maps, target_maps, source_points,
     """delta^f [B, E] of eq. 7 for f = source, target (no gradient). ``evidence`` [B, H, W] in
     [0, 1], when given, replaces the points' pi-bar in both frames (an oracle of the foreground,
     e.g. the true body mask: ``benchmarks/structure_on_points.py --evidence mask``)."""
-    return [L.link_coverage(pts, L.foreground_evidence(maps, c.uniform_pool, c.uniform_evidence)
-                            if evidence is None else evidence, c.uniform_tau)
+    return [frame_coverage(c, maps, pts, evidence)
             for pts, maps in ((source_points, source_maps), (target_points, target_maps))]
+
+
+def frame_coverage(c: SkeletonConfig, maps: torch.Tensor, points: torch.Tensor,
+                   evidence: torch.Tensor | None = None) -> torch.Tensor:
+    """delta [B, E] of eq. 7 for one frame's maps [B, P, H, W] and points [B, P, 2] (see
+    ``link_coverages``)."""
+    fg = L.foreground_evidence(maps, c.uniform_pool, c.uniform_evidence) if evidence is None else evidence
+    return L.link_coverage(points, fg, c.uniform_tau)
 
 
 def structure_terms(c: SkeletonConfig, links: torch.Tensor, source_maps: torch.Tensor,
@@ -568,7 +580,7 @@ def structure_terms(c: SkeletonConfig, links: torch.Tensor, source_maps: torch.T
     return {
         "near": L.near_loss(links, *_gained(ps, pt, c.near_points_gain), c.near_scale,
                             c.near_temperature, c.near_exclude_endpoints, c.near_endpoint_credit,
-                            c.near_max, c.near_margin),
+                            c.near_max, c.near_margin, c.near_density_sigma),
         "sparse_joints": sparse_joints,
         "sparse_links": sparse_links,
         "uniform": L.uniform_loss(links, coverage, c.uniform_alpha),

@@ -55,6 +55,79 @@ def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
     return f
 
 
+class LinkCosts:
+    """``structure_objective`` taken apart for the greedy search: for 0/1 links S on fixed points,
+    the weighted loss is
+
+        - sum_r max(0, max_{e in S} near[r, e])  +  sum_{e in S} linear[e]  +  sparse(S),
+
+    r over every (frame, point) of the K source (and target) frames: near [R, E] is what link e
+    is worth to that point (eq. 3, weight, density weight and the mean over frames folded in),
+    linear [E] what it costs alone (uniform, length and ``solver_rigidity``), and the sparse
+    terms of eq. 4 depend on S alone. So a toggle's effect on near follows from each row's two
+    best links present, without recomputing any distance: O(R E) per search step instead of the
+    O(E^2 K P) of scoring every candidate afresh. Needs the near term's forward max to be a
+    hard max (``near_max="straight_through"``, the default)."""
+
+    def __init__(self, c, maps, points, target_maps=None, target_points=None, evidence=None):
+        from kpray.models.skeleton import frame_coverage
+
+        k, p = points.shape[:2]
+        self.c = c
+        self.w = w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)
+        credit = 0.0 if c.near_exclude_endpoints else c.near_endpoint_credit
+        # each frame is its own target unless targets are given: then its terms count twice
+        frames = [(maps.detach(), points.detach())]
+        if target_points is not None:
+            frames.append((target_maps.detach(), target_points.detach()))
+        twice = 3 - len(frames)
+        rows, linear = [], 0
+        for f_maps, pts in frames:
+            v = L.near_values(pts, c.near_scale, credit, c.near_margin)            # [K, P, E]
+            if c.near_density_sigma > 0:
+                v = v * L.point_density_weights(pts, c.near_density_sigma)[..., None]
+            rows.append(v.reshape(k * p, -1) * (twice * w["near"] / k))
+            delta = frame_coverage(c, f_maps, pts, evidence)                       # [K, E]
+            linear = linear + twice * (w["uniform"] * L.gap_weights(delta, c.uniform_alpha).mean(0)
+                                       + w["length"] * L.length_penalties(pts, c.l_min, c.l_max).mean(0))
+        self.near = torch.cat(rows)                                                # [R, E]
+        if c.solver_rigidity > 0 and k > 1 and target_points is None:
+            iu, ju = torch.triu_indices(p, p, 1, device=points.device)
+            linear = linear + c.solver_rigidity * L.length_spread(points.detach())[iu, ju]
+        self.linear = linear                                                       # [E]
+
+    def sparse(self, links: torch.Tensor) -> torch.Tensor:
+        """Weighted sparse terms of links [N, P, P] -> [N]."""
+        sl, sj = L.sparse_terms(links, self.c.sparse_p, self.c.sparse_links_normalise,
+                                self.c.sparse_joints_normalise)
+        return self.w["sparse_links"] * sl + self.w["sparse_joints"] * sj
+
+
+def _toggles(cur: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor) -> torch.Tensor:
+    """Links [P, P] -> the E candidates [E, P, P], candidate e = cur with pair e toggled."""
+    e = torch.arange(iu.numel(), device=cur.device)
+    cands = cur.expand(e.numel(), *cur.shape).clone()
+    flipped = 1 - cands[e, iu, ju]
+    cands[e, iu, ju] = flipped
+    cands[e, ju, iu] = flipped
+    return cands
+
+
+def _best_two(near: torch.Tensor, present: torch.Tensor):
+    """Per row of near [R, E], over the links present [E] (bool): the best value (0 when none),
+    its link (-1 when none) and the second best (0 when fewer than two)."""
+    r = near.shape[0]
+    idx = present.nonzero()[:, 0]
+    top = near[:, idx]
+    if idx.numel() >= 2:
+        t = top.topk(2, dim=1)
+        return t.values[:, 0], idx[t.indices[:, 0]], t.values[:, 1]
+    zero = near.new_zeros(r)
+    if idx.numel() == 1:
+        return top[:, 0], idx.expand(r), zero
+    return zero, torch.full((r,), -1, dtype=torch.long, device=near.device), zero
+
+
 @torch.no_grad()
 def greedy_links(c, maps: torch.Tensor, points: torch.Tensor,
                  target_maps: torch.Tensor | None = None, target_points: torch.Tensor | None = None,
@@ -63,19 +136,51 @@ def greedy_links(c, maps: torch.Tensor, points: torch.Tensor,
     """[P, P] symmetric 0/1 links that (locally) minimise ``structure_objective`` on K frames
     (maps [K, P, H, W], points [K, P, 2]; optional targets as there): from no links (or from
     ``start`` [P, P]), toggle the one link whose toggle lowers the loss most, until none does (or
-    after ``max_steps``, default P(P-1)/2 toggles). Every candidate toggle of a step is scored in
-    one batched call."""
+    after ``max_steps``, default P(P-1)/2 toggles). Every candidate toggle of a step is scored at
+    once: from ``LinkCosts`` (near's max taken apart), or, where near's forward max is a softmax,
+    by ``structure_objective`` on every candidate (the same values, much slower)."""
+    if c.near_max != "straight_through":
+        return greedy_links_by_objective(c, maps, points, target_maps, target_points, max_steps,
+                                         start, evidence)
+    costs = LinkCosts(c, maps, points, target_maps, target_points, evidence)
+    p = points.shape[1]
+    iu, ju = torch.triu_indices(p, p, 1, device=points.device)
+    cur = points.new_zeros(p, p) if start is None else start.to(points).clone()
+    present = cur[iu, ju] > 0.5
+    top1, arg1, top2 = _best_two(costs.near, present)
+    best = float(-top1.sum() + costs.linear[present].sum() + costs.sparse(cur[None])[0])
+    for _ in range(iu.numel() if max_steps is None else max_steps):
+        cands = _toggles(cur, iu, ju)
+        added = -(costs.near - top1[:, None]).clamp_min(0).sum(0)                  # [E]
+        held = arg1 >= 0
+        removed = torch.zeros_like(added).index_add_(0, arg1[held], (top1 - top2)[held])
+        change = torch.where(present, removed - costs.linear, added + costs.linear)
+        vals = -top1.sum() + costs.linear[present].sum() + change + costs.sparse(cands)
+        k = int(vals.argmin())
+        if float(vals[k]) >= best - 1e-6:
+            break
+        best, cur = float(vals[k]), cands[k]
+        present = present.clone()
+        present[k] = ~present[k]
+        top1, arg1, top2 = _best_two(costs.near, present)
+    return cur
+
+
+@torch.no_grad()
+def greedy_links_by_objective(c, maps: torch.Tensor, points: torch.Tensor,
+                              target_maps: torch.Tensor | None = None,
+                              target_points: torch.Tensor | None = None,
+                              max_steps: int | None = None, start: torch.Tensor | None = None,
+                              evidence: torch.Tensor | None = None) -> torch.Tensor:
+    """``greedy_links`` with every candidate scored by ``structure_objective`` from scratch
+    (any ``near_max``; the reference the fast search is tested against)."""
     p = points.shape[1]
     f = vmap(structure_objective(c, maps, points, target_maps, target_points, evidence))
     iu, ju = torch.triu_indices(p, p, 1, device=points.device)
-    e = torch.arange(iu.numel(), device=points.device)
     cur = points.new_zeros(p, p) if start is None else start.to(points).clone()
     best = float(f(cur[None])[0])
     for _ in range(iu.numel() if max_steps is None else max_steps):
-        cands = cur.expand(e.numel(), p, p).clone()
-        flipped = 1 - cands[e, iu, ju]
-        cands[e, iu, ju] = flipped
-        cands[e, ju, iu] = flipped
+        cands = _toggles(cur, iu, ju)
         vals = f(cands)
         k = int(vals.argmin())
         if float(vals[k]) >= best - 1e-6:
