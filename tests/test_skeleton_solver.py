@@ -284,7 +284,7 @@ def test_solver_on_oracle_points_follows_the_body():
     assert r["mean"]["struct_f1"] >= 0.8 and r["mean"]["joint_f1"] >= 0.8, r["mean"]
 
 
-def test_structure_benchmarks_take_mask_evidence_and_split_terms_by_body(tiny_checkpoint, capsys):
+def test_structure_benchmarks_take_mask_evidence_split_terms_by_body_and_time_the_search(tiny_checkpoint, capsys):
     from conftest import load_script
 
     root, shards, _ = tiny_checkpoint
@@ -301,3 +301,7 @@ def test_structure_benchmarks_take_mask_evidence_and_split_terms_by_body(tiny_ch
     out = capsys.readouterr().out
     for k in (1, 2, 3):                                  # one row per body and kind of links
         assert out.count(f"| cartpole:{k} (1) |") == 3, out
+    speed = load_script("benchmarks/solver_speed.py")
+    speed.main([str(root / "run"), str(shards), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "| fast (LinkCosts) |" in out and "| 3 of 3 |" in out, out   # the same links
