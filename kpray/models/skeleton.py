@@ -146,7 +146,8 @@ class SkeletonConfig:
                                      # 1 / (its frame's points within ~sigma, itself included;
                                      # L.point_density_weights), so a pile of points on the cart
                                      # counts as one place and a lone point on an outer pole
-                                     # fully
+                                     # fully. Measured with the solver at 0.03-0.05: every
+                                     # body's count falls alike (docs/benchmarks.md, session 23)
     near_temperature: float = 0.1   # open: softmax temperature of the relaxed max
     near_exclude_endpoints: bool = False  # open: True: a link explains only points other than
                                           # its two endpoints; helps at P = 16, not at P = 32
