@@ -76,11 +76,11 @@ class LinkCosts:
         self.c = c
         self.w = w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)
         credit = 0.0 if c.near_exclude_endpoints else c.near_endpoint_credit
-        # each frame is its own target unless targets are given: then its terms count twice
+        # without target frames each frame is its own target: its terms count twice
         frames = [(maps.detach(), points.detach())]
         if target_points is not None:
             frames.append((target_maps.detach(), target_points.detach()))
-        twice = 3 - len(frames)
+        twice = 2.0 if target_points is None else 1.0
         rows, linear = [], 0
         for f_maps, pts in frames:
             v = L.near_values(pts, c.near_scale, credit, c.near_margin)            # [K, P, E]
