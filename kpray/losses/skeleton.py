@@ -290,9 +290,15 @@ def length_loss(links: torch.Tensor, source_points: torch.Tensor, target_points:
 def length_penalties(points: torch.Tensor, l_min: float = 0.1, l_max: float = 1.0) -> torch.Tensor:
     """points [B, P, 2] normalised -> [B, E]: what each link costs in eq. 8 when present,
     max(0, l_min - l_ij) + max(0, l_ij - l_max)."""
-    i, j = upper_pairs(points.shape[1], points.device)
-    length = ((points[:, i] - points[:, j]).pow(2).sum(-1) + 1e-12).sqrt()
+    length = pair_lengths(points)
     return F.relu(l_min - length) + F.relu(length - l_max)
+
+
+def pair_lengths(points: torch.Tensor) -> torch.Tensor:
+    """points [B, P, 2] -> [B, E]: the distance between the two points of every pair, in
+    ``upper_pairs`` order."""
+    i, j = upper_pairs(points.shape[1], points.device)
+    return ((points[:, i] - points[:, j]).pow(2).sum(-1) + 1e-12).sqrt()
 
 
 def rigidity_loss(links: torch.Tensor, source_points: torch.Tensor,
@@ -301,9 +307,8 @@ def rigidity_loss(links: torch.Tensor, source_points: torch.Tensor,
     distance from one frame of a pair to the other (not in the paper; ``rigidity_weight``).
     links [B, P, P], points [B, P, 2] normalised; summed over pairs i < j, mean over the batch."""
     i, j = upper_pairs(links.shape[-1], links.device)
-    lengths = [((p[:, i] - p[:, j]).pow(2).sum(-1) + 1e-12).sqrt()
-               for p in (source_points, target_points)]                         # [B, E] each
-    return (links[:, i, j] * (lengths[0] - lengths[1]).abs()).sum(-1).mean()
+    change = (pair_lengths(source_points) - pair_lengths(target_points)).abs()      # [B, E]
+    return (links[:, i, j] * change).sum(-1).mean()
 
 
 def length_spread(points: torch.Tensor) -> torch.Tensor:

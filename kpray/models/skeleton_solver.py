@@ -43,7 +43,7 @@ def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
     k, p = points.shape[:2]
     coverage = link_coverages(c, maps, t_maps, points, t_points, evidence)
     w = L.effective_weights(c.loss_weights(), 10 ** 9, 0)
-    rigid = c.solver_rigidity > 0 and k > 1 and target_points is None
+    rigid = _video_rigidity_on(c, k, target_points)
     spread = L.length_spread(points) if rigid else None        # [P, P], once for all candidates
 
     def f(s: torch.Tensor) -> torch.Tensor:
@@ -53,6 +53,12 @@ def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
         return total + c.solver_rigidity * L.video_rigidity(s, spread) if rigid else total
 
     return f
+
+
+def _video_rigidity_on(c, k: int, target_points) -> bool:
+    """``solver_rigidity`` counts on a video's K > 1 frames searched alone, not on a source/target
+    pair (training)."""
+    return c.solver_rigidity > 0 and k > 1 and target_points is None
 
 
 class LinkCosts:
@@ -91,7 +97,7 @@ class LinkCosts:
             linear = linear + twice * (w["uniform"] * L.gap_weights(delta, c.uniform_alpha).mean(0)
                                        + w["length"] * L.length_penalties(pts, c.l_min, c.l_max).mean(0))
         self.near = torch.cat(rows)                                                # [R, E]
-        if c.solver_rigidity > 0 and k > 1 and target_points is None:
+        if _video_rigidity_on(c, k, target_points):
             iu, ju = torch.triu_indices(p, p, 1, device=points.device)
             linear = linear + c.solver_rigidity * L.length_spread(points.detach())[iu, ju]
         self.linear = linear                                                       # [E]
