@@ -1,4 +1,5 @@
 """Formulas and tiny-size forward/backward/optimisation checks of both models."""
+import copy
 import dataclasses
 
 import pytest
@@ -495,6 +496,60 @@ def test_reliance_by_hand():
     assert float(reliance(torch.tensor(0.25), torch.tensor(1.0))) == pytest.approx(0.75)
     assert float(reliance(torch.tensor(0.4), torch.tensor(0.4))) == 0.0
     assert float(reliance(torch.tensor(0.0), torch.tensor(0.4))) == 1.0
+
+
+def test_skeleton_restart_keep_best_returns_to_a_better_start_once_the_restarts_run_out():
+    """restart_keep_best: a start replaced at its decision is shelved with its reliance; when
+    the last allowed start is also below restart_below at its own decision, the shelved start
+    comes back exactly as it was (weights, buffers, init_choice and start_step, so no later
+    decision falls due) if it scored higher, and the last start stays if it scored higher.
+    restart_keep_best=False makes no decision on the last start."""
+    torch.manual_seed(0)
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+
+    def first_restart(**kw):
+        torch.manual_seed(1)
+        m = tiny_skeleton(restart_step=4, restart_window=2, restart_below=0.5, restart_max=1, **kw)
+        m.train()
+        before = copy.deepcopy(m.state_dict())
+        m.reliance_sums.copy_(torch.tensor([0.7, 1.0]))               # reliance 0.3 < 0.5
+        with torch.no_grad():
+            m((src, tgt), step=4)
+        assert (int(m.restarts), int(m.init_choice), m.began()) == (1, 1, 4)
+        return m, before
+
+    def same(a, b):      # the forward after a decision moves BatchNorm's running statistics
+        keys = [k for k in b if "running" not in k and "num_batches" not in k
+                and k not in ("restarts", "reliance_sums")]
+        return all(torch.equal(a[k], b[k]) for k in keys)
+
+    m, start0 = first_restart()
+    assert m.shelf is not None and m.shelf[0] == pytest.approx(0.3)
+    m.reliance_sums.copy_(torch.tensor([0.9, 1.0]))                    # the last start: 0.1
+    with torch.no_grad():
+        m((src, tgt), step=8)
+    assert same(m.state_dict(), start0)
+    assert (int(m.restarts), int(m.init_choice), m.began(), m.restarted_at) == (1, 0, 0, 8)
+    with torch.no_grad():
+        for step in range(9, 14):                                      # no decision falls due
+            m((src, tgt), step=step)
+    assert (int(m.restarts), int(m.init_choice), m.restarted_at) == (1, 0, 8)
+
+    m, _ = first_restart()
+    start1 = copy.deepcopy(m.state_dict())
+    m.reliance_sums.copy_(torch.tensor([0.6, 1.0]))                    # the last start: 0.4
+    with torch.no_grad():
+        m((src, tgt), step=8)
+    assert same(m.state_dict(), start1) and not same(m.state_dict(), start0)
+    assert (int(m.init_choice), m.began(), m.restarted_at) == (1, 4, 4)
+
+    m, _ = first_restart(restart_keep_best=False)
+    assert m.shelf is None
+    m.reliance_sums.copy_(torch.tensor([0.9, 1.0]))
+    with torch.no_grad():
+        m((src, tgt), step=8)
+    assert (int(m.init_choice), m.began(), m.restarted_at) == (1, 4, 4)
+    assert float(m.reliance_sums.abs().sum()) > 0                      # not decided: not cleared
 
 
 def test_skeleton_restart_step_replaces_a_start_whose_points_the_reconstruction_does_not_use():

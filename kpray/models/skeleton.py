@@ -187,6 +187,12 @@ class SkeletonConfig:
     restart_window: int = 50
     restart_below: float = 0.25
     restart_max: int = 3
+    restart_keep_best: bool = True  # once restart_max restarts are made, the last start is
+    #                                 judged too; below restart_below and below the best start
+    #                                 replaced before it, that start comes back as it was at
+    #                                 its own decision (kpray.models.starts: ``shelve``,
+    #                                 ``return_to_best``; in memory, so a resume in between
+    #                                 keeps the last). False: the last start is always kept
     # optimisation
     lr: float = 0.005
     betas: tuple[float, float] = (0.9, 0.999)
@@ -720,7 +726,8 @@ class SkeletonModel(FreshStarts, nn.Module):
         and 'reliance' (``reliance`` of the batch's reconstruction; ``restart_step`` sums its two
         errors over the window before its decision, then decides: ``maybe_restart``)."""
         c = self.config
-        restarting = c.restart_step > 0 and self.training and int(self.restarts) < c.restart_max
+        restarting = c.restart_step > 0 and self.training and \
+            int(self.restarts) < c.restart_max + int(c.restart_keep_best)
         if restarting and step == self.began() + c.restart_step:
             self.maybe_restart(step)
         out = self.run(*batch, step=step)
@@ -745,16 +752,24 @@ class SkeletonModel(FreshStarts, nn.Module):
     def maybe_restart(self, step: int) -> float:
         """``restart_step``: the reliance of the window's batches (``reliance_sums``, averaged
         over DDP ranks); below ``restart_below``, load the next fresh start in place
-        (``FreshStarts.restart``). The sums are cleared either way. Returns the reliance."""
+        (``FreshStarts.restart``), shelving this one first with ``restart_keep_best``; once no
+        restart is left, go back to the shelved start if it scored higher
+        (``FreshStarts.return_to_best``). The sums are cleared either way. Returns the
+        reliance."""
         c = self.config
         sums = rank_mean(self.reliance_sums)
         r = float(reliance(*sums))
         self.reliance_sums.zero_()
-        if math.isfinite(r) and r < c.restart_below:
+        if not (math.isfinite(r) and r < c.restart_below):
+            print_on_rank0(f"step {step}: reliance {r:.3f} >= {c.restart_below:g}; start kept")
+        elif int(self.restarts) < c.restart_max:
+            if c.restart_keep_best:
+                self.shelve(r)
             self.restart(int(self.restarts) + 1, step, f"reliance {r:.3f} < {c.restart_below:g}",
                          c.restart_max)
-        else:
-            print_on_rank0(f"step {step}: reliance {r:.3f} >= {c.restart_below:g}; start kept")
+        elif not self.return_to_best(r, step):
+            print_on_rank0(f"step {step}: reliance {r:.3f} < {c.restart_below:g}, no restart "
+                           f"left and no better start shelved; start kept")
         return r
 
     def training_step(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:

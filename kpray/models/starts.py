@@ -8,8 +8,14 @@ The bookkeeping lives in buffers, so that DDP hands every rank rank 0's and a ch
 resumes it: ``candidate_seed``, ``init_choice`` (the start trained; -1 until chosen),
 ``start_step`` (the step it began) and ``restarts``. ``restarted_at`` (not saved) tells the
 training loop to clear the optimiser's moments at that step (kpray.train.loop).
+
+A start that is replaced can be shelved first (``shelve``: its weights and its score, in memory
+only); once the restarts run out, ``return_to_best`` loads the best shelved start instead of
+keeping a last start that scores lower. A run resumed from a checkpoint has an empty shelf.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -38,6 +44,7 @@ class FreshStarts:
     """Mixin for an nn.Module: see the module docstring."""
 
     restarted_at: int | None = None
+    shelf: tuple[float, dict] | None = None       # (score, state dict) of the best replaced start
 
     def register_starts(self: nn.Module, chosen: bool = True) -> None:
         """Register the buffers. The seed of the other starts is drawn on a forked RNG, so the
@@ -50,6 +57,7 @@ class FreshStarts:
         self.register_buffer("start_step", torch.zeros((), dtype=torch.long))
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long))
         self.restarted_at = None
+        self.shelf = None
 
     def fresh_copy(self) -> nn.Module:
         raise NotImplementedError
@@ -82,3 +90,27 @@ class FreshStarts:
         self.restarted_at = step
         print_on_rank0(f"restart at step {step}: {why}; start {k} "
                        f"(restart {int(self.restarts)} of at most {most})")
+
+    @torch.no_grad()
+    def shelve(self: nn.Module, score: float) -> None:
+        """Keep a copy of the current start (weights and buffers) if ``score`` beats the start on
+        the shelf (higher is better); call it before ``restart`` replaces the start."""
+        if self.shelf is None or score > self.shelf[0]:
+            self.shelf = (score, copy.deepcopy(self.state_dict()))
+
+    @torch.no_grad()
+    def return_to_best(self: nn.Module, score: float, step: int) -> bool:
+        """If the shelved start scored higher than ``score`` (the current start's), load it in
+        place as it was when shelved, with ``restarts`` left as it is, and mark ``step`` for the
+        optimiser (``restarted_at``); its ``start_step`` is its own, so no later decision falls
+        due. Returns whether it did."""
+        if self.shelf is None or not self.shelf[0] > score:
+            return False
+        best, state = self.shelf
+        restarts = self.restarts.clone()
+        self.load_state_dict(state)
+        self.restarts.copy_(restarts)
+        self.restarted_at = step
+        print_on_rank0(f"step {step}: back to start {int(self.init_choice)} as it was at its "
+                       f"decision; it scored {best:.3f}, the last start {score:.3f}")
+        return True
