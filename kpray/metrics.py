@@ -595,6 +595,32 @@ def spread_ratio(kp, gt) -> float:
     return keypoint_spread(kp) / den if den > 0 else math.nan
 
 
+def joint_switches(points, joints, radius: float, min_on: float = 0.25,
+                   ignore=()) -> np.ndarray:
+    """How well each predicted point keeps one true joint over a video.
+
+    points: ``[T, P, 2]``, joints: ``[T, J, 2]``, same units; radius: in those units. A point is
+    on joint j in frame t when j is its nearest joint and nearer than ``radius``. Returns one
+    row per point that is on a joint (other than those in ``ignore``) in at least ``min_on`` of
+    the T frames, float64 ``[P', 4]``: that fraction of frames; the fraction of its on-joint
+    frames spent on its most frequent joint; the number of distinct joints it visits; and, over
+    consecutive frames both on a joint, the fraction in which the joint changes.
+    """
+    d = pairwise_distances(points, joints)                                   # [T, P, J]
+    label = np.where(d.min(axis=2) < radius, d.argmin(axis=2), -1)           # [T, P]
+    rows = []
+    for lab in label.T:
+        on = (lab >= 0) & ~np.isin(lab, list(ignore))
+        if on.mean() < min_on:
+            continue
+        seen = lab[lab >= 0]
+        both = (lab[1:] >= 0) & (lab[:-1] >= 0)
+        changes = np.count_nonzero(both & (lab[1:] != lab[:-1]))
+        rows.append((on.mean(), np.bincount(seen).max() / len(seen), len(np.unique(seen)),
+                     changes / max(np.count_nonzero(both), 1)))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
 # ----------------------------------------------------------------------------- model outputs
 
 def skeleton_joints(points, link_prob, thr: float = 0.5) -> np.ndarray:

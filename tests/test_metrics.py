@@ -486,3 +486,21 @@ def test_paper_epsilon_covers_single_bodies():
     assert paper_epsilon("cartpole:3-nobg") == 0.15 and paper_epsilon("nope-nobg") is None
     assert paper_epsilon("swimmer:2") == 0.20 and paper_epsilon("human36m") is None
     assert paper_epsilon(None) is None
+
+
+def test_joint_switches_by_hand():
+    """Three joints at x = 0, 10, 20 (y = 0) in 4 frames; radius 3. Point 0 sits on joints
+    1, 2, 1, 1: on a joint in 4/4 frames, 3/4 on joint 1, 2 joints, changes in 2 of 3
+    consecutive pairs. Point 1 sits on joint 0 in frames 0-1 and nowhere after: 2/4 frames, one
+    joint, no change in its 1 pair. Point 2 is never within 3 of a joint: no row. Ignoring joint
+    0 drops point 1; min_on 0.6 drops it too."""
+    joints = np.tile(np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]), (4, 1, 1))
+    points = np.array([[[10.5, 0], [0, 1], [5, 5]],
+                       [[19.0, 1], [1, 0], [5, 5]],
+                       [[11.0, 0], [6, 0], [5, 5]],
+                       [[9.0, -2], [5, 0], [5, 5]]], dtype=float)
+    rows = M.joint_switches(points, joints, radius=3.0)
+    np.testing.assert_allclose(rows, [[1.0, 0.75, 2, 2 / 3], [0.5, 1.0, 1, 0.0]])
+    np.testing.assert_allclose(M.joint_switches(points, joints, 3.0, ignore=[0]), rows[:1])
+    np.testing.assert_allclose(M.joint_switches(points, joints, 3.0, min_on=0.6), rows[:1])
+    assert M.joint_switches(points, joints, radius=0.1).shape == (0, 4)
