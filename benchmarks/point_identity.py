@@ -19,16 +19,13 @@ import sys
 from collections import defaultdict
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kpray.data import iter_episodes  # noqa: E402
 from kpray.metrics import joint_switches  # noqa: E402
-from kpray.train.predict import load_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from structure_on_points import video_maps  # noqa: E402
+from structure_on_points import checkpoint_videos, video_maps  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -42,11 +39,8 @@ def main(argv=None) -> int:
                     help="a joint index to leave out (repeatable)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model, adapter, _, _ = load_model(args.checkpoint)
-    episodes = list(iter_episodes(args.data, split=args.split))[:args.episodes]
-    if not episodes:
-        raise SystemExit(f"point_identity.py: error: no {args.split} episodes in {args.data}")
+    model, adapter, episodes = checkpoint_videos("point_identity.py", args.checkpoint, args.data,
+                                                 args.split, args.episodes, args.threads)
     _, tracks = video_maps(model, adapter, episodes)
     rows, videos = defaultdict(list), defaultdict(int)
     for ep, tr in zip(episodes, tracks):

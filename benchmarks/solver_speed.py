@@ -19,13 +19,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kpray.data import iter_episodes  # noqa: E402
 from kpray.models import skeleton_solver as solver  # noqa: E402
 from kpray.ops.coords import expected_location  # noqa: E402
-from kpray.train.predict import load_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from structure_on_points import video_maps  # noqa: E402
+from structure_on_points import checkpoint_videos, video_maps  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -35,12 +33,9 @@ def main(argv=None) -> None:
     ap.add_argument("--episodes", type=int, default=8, help="first N test episodes (default 8)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model, adapter, _, _ = load_model(args.checkpoint)
+    model, adapter, episodes = checkpoint_videos("solver_speed.py", args.checkpoint, args.data,
+                                                 "test", args.episodes, args.threads)
     c = model.config
-    episodes = list(iter_episodes(args.data, split="test"))[:args.episodes]
-    if not episodes:
-        raise SystemExit(f"solver_speed.py: error: no test episodes in {args.data}")
     maps, _ = video_maps(model, adapter, episodes)
     seconds = {"fast": 0.0, "reference": 0.0}
     same = 0

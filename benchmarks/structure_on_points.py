@@ -72,6 +72,19 @@ def frame_pairs(model, adapter, episodes, per_episode: int = 1, with_images: boo
     return (geometry, tracks, torch.stack(src)) if with_images else (geometry, tracks)
 
 
+def checkpoint_videos(script: str, checkpoint: str, data: str, split: str = "test",
+                      episodes: int | None = None, threads: int = 2):
+    """(model, adapter, the first ``episodes`` videos of ``split``) for a benchmark ``script``
+    on a trained skeleton checkpoint, with torch on ``threads`` threads; a one-line error when
+    the split holds no video."""
+    torch.set_num_threads(threads)
+    model, adapter, _, _ = load_model(checkpoint)
+    videos = list(iter_episodes(data, split=split))[:episodes]
+    if not videos:
+        raise SystemExit(f"{script}: error: no {split} episodes in {data}")
+    return model, adapter, videos
+
+
 def video_maps(model, adapter, episodes) -> tuple[list[torch.Tensor], list[np.ndarray]]:
     """(pi's noise-free location maps [T, P, H, W] of every frame, per video; the points
     [T, P, 2] pixels read from them as ``adapter.points`` reads them, per video): one pass of pi
@@ -160,9 +173,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.evidence != "points" and args.solver != "video":
         ap.error("--evidence mask needs --solver video")
-    torch.set_num_threads(args.threads)
-    model, adapter, _, _ = load_model(args.checkpoint)
-    episodes = list(iter_episodes(args.data, split=args.split))[:args.episodes]
+    model, adapter, episodes = checkpoint_videos("structure_on_points.py", args.checkpoint,
+                                                 args.data, args.split, args.episodes,
+                                                 args.threads)
     if args.solver == "video":     # whole videos; no frame pairs needed
         maps, tracks = video_maps(model, adapter, episodes)
     else:
