@@ -164,6 +164,30 @@ def test_rigidity_loss_hand_case():
     assert s.grad[0, 1, 2] == pytest.approx(0.1, abs=1e-5)
 
 
+def test_track_loss_hand_case():
+    def delta(*places):               # a map [H, W] = 8 x 12 with equal mass at (x, y) places
+        m = torch.zeros(8, 12)
+        for x, y in places:
+            m[y, x] = 1.0 / len(places)
+        return m
+
+    # radius 4.8 px: point 0 moves 3 px (kept), point 1 jumps 8 px (lost), point 2 is split
+    # between its place and 8 px away in the next frame (half kept)
+    maps = torch.stack([delta((1, 1)), delta((2, 2)), delta((2, 4))])[None]
+    nxt = torch.stack([delta((4, 1)), delta((10, 2)), delta((2, 4), (10, 4))])[None]
+    assert torch.isclose(L.track_loss(maps, nxt, 4.8), torch.tensor(1 - (1 + 0 + 0.5) / 3))
+    assert torch.isclose(L.track_loss(maps, maps, 4.8), torch.tensor(0.0))
+    assert torch.isclose(L.track_loss(maps, nxt, 8.0), torch.tensor(0.0))      # all within 8 px
+    # a map spread over the jump's two ends pays too, though its mean lies between them
+    spread = torch.stack([delta((1, 1)), delta((2, 2), (10, 2)), delta((2, 4))])[None]
+    assert float(L.track_loss(spread, nxt, 4.8)) > float(L.track_loss(nxt, nxt, 4.8)) + 0.1
+    # the gradient moves mass of the lost point towards its place in the other frame
+    logits = torch.zeros(1, 3, 8, 12, requires_grad=True)
+    L.track_loss(logits.flatten(2).softmax(-1).view(1, 3, 8, 12), nxt, 4.8).backward()
+    g = logits.grad[0, 1]
+    assert g[2, 10] < 0 and g[2, 2] > g[2, 10]
+
+
 def test_video_rigidity_hand_case():
     # three points over two frames: link 0-1 keeps length 0.3, link 1-2 has 0.4 then 0.6
     # (mean 0.5, mean absolute deviation 0.1), link 0-2 is absent

@@ -770,6 +770,40 @@ def test_rigidity_term_joins_the_loss_only_when_weighted():
         tiny_skeleton(rigidity_weight=-1.0)
 
 
+def test_track_term_joins_the_loss_only_with_the_next_frames_and_trains_pi_alone():
+    src, tgt, nxt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)
+    m = tiny_skeleton(gumbel_noise=False, track_weight=3.0, track_margin=0.1,
+                      psi_detach_maps=True)
+    _, terms = m((src, tgt), step=0)
+    assert "track" not in terms                         # no next frames: no term
+    loss, terms = m((src, tgt, nxt), step=0)
+    from kpray.losses import skeleton as L
+
+    out = m.run(src, tgt, step=0, track=nxt)
+    want = L.track_loss(out["source_maps"], out["track_maps"], 0.1 * 64 / 2)
+    assert float(terms["track"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+    # pi sees three frames in one pass, so BatchNorm's batch differs: compare on the same run
+    rest = sum(w * terms[k] for k, w in m.term_weights(0).items() if k in terms and k != "track")
+    assert float(loss) == pytest.approx(float(rest) + 3.0 * float(terms["track"]), rel=1e-5)
+    assert "track" not in tiny_skeleton().term_weights(0)
+    m.zero_grad()
+    m.loss_terms(m.run(src, tgt, step=0, track=nxt), tgt)["track"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in m.pi.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0
+               for p in [*m.psi.parameters(), *m.background.parameters()])
+    # the same frame as its own next frame: only a map's own spread beyond the margin is charged
+    assert float(m((src, tgt, src), step=0)[1]["track"]) < float(want)
+    late = tiny_skeleton(track_weight=3.0, track_start_step=5)
+    assert late.term_weights(4)["track"] == 0 and late.term_weights(5)["track"] == 3.0
+    restarted = tiny_skeleton(track_weight=3.0, track_start_step=5, restart_step=10,
+                              restart_window=5)
+    restarted.start_step.fill_(250)                   # counted from the current start
+    assert restarted.term_weights(254)["track"] == 0 and restarted.term_weights(255)["track"] == 3
+    with pytest.raises(ValueError, match="track_margin"):
+        tiny_skeleton(track_margin=-0.1)
+
+
 def test_skeleton_optimisation_lowers_loss():
     torch.manual_seed(0)
     model = tiny_skeleton(lr=5e-3)

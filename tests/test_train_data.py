@@ -25,18 +25,22 @@ def _urls(d):
     return sorted(os.path.join(d, f) for f in os.listdir(d) if f.startswith("train-"))
 
 
-def test_pairs_are_two_different_frames_of_one_episode(shards):
+def test_pairs_are_two_different_frames_of_one_episode_and_the_source_next_frame(shards):
     ds = EpisodeSamples(_urls(shards), "pair", seed=0, rank=0, buffer_episodes=1, samples_per_episode=1000)
     frames = load_episodes(shards, "train", 10, 8)
-    for s in itertools.islice(iter(ds), 20):
-        assert s["source"].shape == s["target"].shape == (3, 32, 32)
+    ends = 0
+    for s in itertools.islice(iter(ds), 40):
+        assert s["source"].shape == s["target"].shape == s["track"].shape == (3, 32, 32)
         assert s["source"].dtype == torch.uint8
-        # both frames come from the one buffered episode: find it
-        src = s["source"].permute(1, 2, 0).numpy()
-        tgt = s["target"].permute(1, 2, 0).numpy()
-        hits = [(i, j) for ep in frames for i in range(8) for j in range(8)
-                if (ep["frames"][i] == src).all() and (ep["frames"][j] == tgt).all()]
-        assert hits and any(i != j for i, j in hits)
+        # all three frames come from the one buffered episode: find it
+        src, tgt, nxt = (s[k].permute(1, 2, 0).numpy() for k in ("source", "target", "track"))
+        hits = [(i, j, k) for ep in frames for i in range(8) for j in range(8) for k in range(8)
+                if (ep["frames"][i] == src).all() and (ep["frames"][j] == tgt).all()
+                and (ep["frames"][k] == nxt).all()]
+        # the track frame is the one after the source, or the one before at the video's end
+        assert any(i != j and k == (i + 1 if i < 7 else 6) for i, j, k in hits), hits
+        ends += any(i == 7 for i, _, _ in hits)
+    assert ends > 0                                    # the last frame was drawn as a source
 
 
 def test_ranks_get_different_endless_streams_from_uneven_shards(shards):

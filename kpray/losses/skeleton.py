@@ -13,6 +13,7 @@ What the paper leaves open is a keyword argument here and a field of ``SkeletonC
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -309,6 +310,23 @@ def rigidity_loss(links: torch.Tensor, source_points: torch.Tensor,
     i, j = upper_pairs(links.shape[-1], links.device)
     change = (pair_lengths(source_points) - pair_lengths(target_points)).abs()      # [B, E]
     return (links[:, i, j] * change).sum(-1).mean()
+
+
+def track_loss(maps: torch.Tensor, next_maps: torch.Tensor, radius: float = 4.8) -> torch.Tensor:
+    """1 - mean_k P(|x_k - x'_k| <= radius), x_k drawn from point k's location map in a frame and
+    x'_k from its map in the next frame of the video, independently (not in the paper;
+    ``track_weight``). A joint moves a little from one frame to the next; a point that jumps to
+    another joint, or whose map is split between two places, pays. Unlike a distance between
+    the maps' means, it cannot be met by a map that spreads over both places.
+    maps, next_maps [B, P, H, W], each a distribution over pixels; radius in pixels; mean over
+    points and batch, in [0, 1]."""
+    b, p, h, w = maps.shape
+    k = int(math.floor(radius))
+    d = torch.arange(-k, k + 1, device=maps.device, dtype=maps.dtype)
+    disk = ((d[:, None] ** 2 + d[None] ** 2) <= radius ** 2).to(maps.dtype)
+    near = F.conv2d(next_maps.reshape(b * p, 1, h, w), disk[None, None], padding=k)
+    overlap = (maps.reshape(b * p, 1, h, w) * near).sum(dim=(1, 2, 3))              # [B*P]
+    return 1 - overlap.mean()
 
 
 def length_spread(points: torch.Tensor) -> torch.Tensor:

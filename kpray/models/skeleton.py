@@ -100,6 +100,20 @@ class SkeletonConfig:
     rigidity_points_gain: float = 1.0
     rigidity_start_step: int = 0    # the term joins the loss at this step (points settled first)
     rigidity_trains_psi: bool = True  # False: psi's links enter it detached (it cannot drop them)
+    # track (not in the paper; 0 = off): weight of L.track_loss, 1 - the mean over points of
+    # the chance that a point drawn from its location map in the source frame of a training
+    # pair and one drawn from its map in the next frame of the video (0.04 s later; the one
+    # before at a video's end) lie within track_margin of each other. Nothing else ties a point
+    # to its joint over a video: measured with benchmarks/point_identity.py, a point on an outer
+    # hinge of a five-pole body jumps to a neighbouring hinge (7-9 px away) every 3.4-4.4
+    # frames, while the joints move 1.4-1.8 px per frame (median; 90th percentile 3.4-3.9 px).
+    # The margin lets that motion pass. (A hinge on the distance between the two maps' means
+    # fell 5x in a 300-step fine-tune and left the jumps as they were: the maps spread instead)
+    track_weight: float = 0.0
+    track_margin: float = 0.15      # normalised (2 = the image's width): 4.8 px at 64x64
+    track_start_step: int = 0       # the term joins this many steps after the current start
+    #                                 began (the run's start, or its last restart), so that it
+    #                                 does not hold a start's points before they find the body
     link_grad_floor: float = 0.0    # open: least slope of the link sigmoid in backward; 0: plain
                                     # sigmoid (links saturate at 0/1 within 50 steps and stop
                                     # learning)
@@ -668,7 +682,8 @@ def reliance(mse: torch.Tensor, mse_background: torch.Tensor) -> torch.Tensor:
 def check_config(c: SkeletonConfig) -> None:
     """Raise ValueError for settings the model cannot be built with."""
     for k in ("near_points_gain", "length_points_gain", "rigidity_weight",
-              "rigidity_points_gain", "rigidity_start_step"):
+              "rigidity_points_gain", "rigidity_start_step", "track_weight", "track_margin",
+              "track_start_step"):
         if not 0 <= getattr(c, k) < float("inf"):
             raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
     if c.point_readout not in ("argmax", "expected"):
@@ -717,11 +732,14 @@ class SkeletonModel(FreshStarts, nn.Module):
             w["psi_fit"] = c.psi_fit_weight
         if c.rigidity_weight > 0:
             w["rigidity"] = c.rigidity_weight if step >= c.rigidity_start_step else 0.0
+        if c.track_weight > 0:
+            w["track"] = c.track_weight if step - self.began() >= c.track_start_step else 0.0
         return w
 
     def forward(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:
         """batch: (source [B, 3, H, W], target [B, 3, H, W]) float in [0, 1], two frames of one
-        episode. -> (total loss, terms): terms holds every weighted loss term (detached,
+        episode, and with ``track_weight`` > 0 a third, the frame next to the source in its
+        video (``track``). -> (total loss, terms): terms holds every weighted loss term (detached,
         unweighted values), 'gumbel_tau', 'num_links' and 'num_joints' (means over the batch)
         and 'reliance' (``reliance`` of the batch's reconstruction; ``restart_step`` sums its two
         errors over the window before its decision, then decides: ``maybe_restart``)."""
@@ -730,7 +748,7 @@ class SkeletonModel(FreshStarts, nn.Module):
             int(self.restarts) < c.restart_max + int(c.restart_keep_best)
         if restarting and step == self.began() + c.restart_step:
             self.maybe_restart(step)
-        out = self.run(*batch, step=step)
+        out = self.run(batch[0], batch[1], step=step, track=batch[2] if len(batch) > 2 else None)
         terms = self.loss_terms(out, batch[1])
         w = self.term_weights(step)
         loss = sum(w[k] * terms[k] for k in w if k in terms)
@@ -775,13 +793,17 @@ class SkeletonModel(FreshStarts, nn.Module):
     def training_step(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:
         return self(batch, step=step)
 
-    def run(self, source: torch.Tensor, target: torch.Tensor, step: int = 0) -> dict:
-        """All intermediate quantities of one training pass (for losses, previews, tests)."""
+    def run(self, source: torch.Tensor, target: torch.Tensor, step: int = 0,
+            track: torch.Tensor | None = None) -> dict:
+        """All intermediate quantities of one training pass (for losses, previews, tests).
+        track: [B, 3, H, W], the frame next to each source frame in its video; given, pi locates
+        its points too ("track_maps", for ``L.track_loss``)."""
         c = self.config
         tau = self.gumbel_temperature(step)
-        logits = self.pi(torch.cat([source, target]))                      # one pass: shared BN
+        frames = [source, target] if track is None else [source, target, track]
+        logits = self.pi(torch.cat(frames))                                # one pass: shared BN
         maps = gumbel_location_maps(logits, tau, hard=c.gumbel_hard, noise=c.gumbel_noise)
-        source_maps, target_maps = maps.chunk(2)
+        source_maps, target_maps, *track_maps = maps.chunk(len(frames))
         if self.skips_structure(step):
             links = None
         elif isinstance(self.psi, SolverSkeletonPredictor):   # links that hold in both frames
@@ -792,10 +814,13 @@ class SkeletonModel(FreshStarts, nn.Module):
         recon = neural_point_transport(source, source_maps, target_maps, background,
                                        c.splat_sigma, c.composite_gamma, c.composite_background,
                                        c.transport_patch, c.transport_patch_sigma)
-        return {"tau": tau, "source_maps": source_maps, "target_maps": target_maps,
-                "links": links, "background": background, "reconstruction": recon,
-                "source_points": expected_location(source_maps),
-                "target_points": expected_location(target_maps)}
+        out = {"tau": tau, "source_maps": source_maps, "target_maps": target_maps,
+               "links": links, "background": background, "reconstruction": recon,
+               "source_points": expected_location(source_maps),
+               "target_points": expected_location(target_maps)}
+        if track_maps:
+            out["track_maps"] = track_maps[0]
+        return out
 
     def skips_structure(self, step: int = 0) -> bool:
         """True while training with ``psi_head="solver"`` and point coordinates cut off from the
@@ -813,7 +838,8 @@ class SkeletonModel(FreshStarts, nn.Module):
         With ``psi_target="fit"`` also "psi_fit": the binary cross-entropy of psi's links to each
         sample's own minimiser of the structure terms (``fit_links_per_sample``); the structure
         terms then see psi's links detached (they still reach the points if
-        ``structure_moves_points``), so only psi_fit trains psi."""
+        ``structure_moves_points``), so only psi_fit trains psi. Where ``run`` was given the
+        next frames, also "track" (``L.track_loss``)."""
         c = self.config
         links, maps, pts = out["links"], (out["source_maps"], out["target_maps"]), \
             (out["source_points"], out["target_points"])
@@ -821,6 +847,9 @@ class SkeletonModel(FreshStarts, nn.Module):
         terms = {"recon": L.pyramid_mse(out["reconstruction"], target, c.pyramid_levels,
                                         c.recon_reduction, weight),
                  "contiguity": L.contiguity_loss(*maps, c.contiguity_pool)}
+        if "track_maps" in out:
+            terms["track"] = L.track_loss(out["source_maps"], out["track_maps"],
+                                          c.track_margin * c.image_size / 2)
         if links is None:
             return terms
         if c.psi_target == "fit":

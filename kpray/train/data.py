@@ -9,8 +9,9 @@ the step it resumes from, so it does not replay the start of the stream.
 
 Samples (uint8, channel-first; converted to float in [0, 1] on the device by :func:`to_device`):
 
-- skeleton model: a pair of two different random frames of one episode,
-  ``{"source": [3, H, W], "target": [3, H, W]}``;
+- skeleton model: a pair of two different random frames of one episode, and the frame next to
+  the source (the one after it; the one before for the last frame),
+  ``{"source": [3, H, W], "target": [3, H, W], "track": [3, H, W]}``;
 - AutoLink: one random frame, ``{"image": [3, H, W]}``; :func:`to_device` upsamples it to the
   model's input size (128x128) with bilinear interpolation.
 
@@ -92,8 +93,10 @@ class EpisodeSamples(IterableDataset):
                 if t < 2:
                     raise ValueError("pairs need episodes of at least 2 frames")
                 i, j = rng.choice(t, size=2, replace=False)
+                k = i + 1 if i + 1 < t else i - 1      # no draw: the pairs stay as they were
                 yield {"source": torch.from_numpy(frames[i]).permute(2, 0, 1).contiguous(),
-                       "target": torch.from_numpy(frames[j]).permute(2, 0, 1).contiguous()}
+                       "target": torch.from_numpy(frames[j]).permute(2, 0, 1).contiguous(),
+                       "track": torch.from_numpy(frames[k]).permute(2, 0, 1).contiguous()}
             else:
                 i = int(rng.integers(t))
                 yield {"image": torch.from_numpy(frames[i]).permute(2, 0, 1).contiguous()}

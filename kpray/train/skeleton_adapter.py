@@ -18,7 +18,7 @@ class SkeletonAdapter(Adapter):
     sample_mode = "pair"
     images_per_sample = 2
     loss_terms = ("recon", "contiguity", "near", "sparse_joints", "sparse_links", "uniform",
-                  "length", "psi_fit", "rigidity")
+                  "length", "psi_fit", "rigidity", "track")
 
     def make_config(self, preset, overrides):
         from kpray.models import skeleton as S
@@ -69,6 +69,8 @@ class SkeletonAdapter(Adapter):
         return SkeletonModel(self.make_config(cfg.preset, cfg.model_config))
 
     def call(self, model, batch, step):
+        if model.term_weights(step).get("track"):        # pi skips the frames while unweighted
+            return model((batch["source"], batch["target"], batch["track"]), step=step)
         return model((batch["source"], batch["target"]), step=step)
 
     def image_size(self, model):
@@ -127,7 +129,8 @@ class SkeletonAdapter(Adapter):
         was = model.training
         model.train()
         src, tgt = batch["source"], batch["target"]
-        out = model.run(src, tgt, step=step)
+        out = model.run(src, tgt, step=step,
+                        track=batch["track"] if c.track_weight > 0 else None)
         terms = model.loss_terms(out, tgt)
         weights = model.term_weights(step)
         nets = {"pi": [p for p in model.pi.parameters() if p.requires_grad],
