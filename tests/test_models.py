@@ -794,8 +794,16 @@ def test_track_term_joins_the_loss_only_with_the_next_frames_and_trains_pi_alone
                for p in [*m.psi.parameters(), *m.background.parameters()])
     # the same frame as its own next frame: only a map's own spread beyond the margin is charged
     assert float(m((src, tgt, src), step=0)[1]["track"]) < float(want)
-    late = tiny_skeleton(track_weight=3.0, track_start_step=5)
+    torch.manual_seed(0)
+    late = tiny_skeleton(gumbel_noise=False, track_weight=3.0, track_start_step=5)
     assert late.term_weights(4)["track"] == 0 and late.term_weights(5)["track"] == 3.0
+    # unweighted, the next frames are not even located: the step is that of the pair alone
+    torch.manual_seed(0)
+    plain = tiny_skeleton(gumbel_noise=False)
+    plain.load_state_dict(late.state_dict())
+    assert "track" not in late((src, tgt, nxt), step=4)[1]
+    assert float(late((src, tgt, nxt), step=4)[0]) == float(plain((src, tgt), step=4)[0])
+    assert "track" in late((src, tgt, nxt), step=5)[1]
     restarted = tiny_skeleton(track_weight=3.0, track_start_step=5, restart_step=10,
                               restart_window=5)
     restarted.start_step.fill_(250)                   # counted from the current start

@@ -738,8 +738,8 @@ class SkeletonModel(FreshStarts, nn.Module):
 
     def forward(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:
         """batch: (source [B, 3, H, W], target [B, 3, H, W]) float in [0, 1], two frames of one
-        episode, and with ``track_weight`` > 0 a third, the frame next to the source in its
-        video (``track``). -> (total loss, terms): terms holds every weighted loss term (detached,
+        episode, and optionally a third, the frame next to the source in its video, used
+        where ``track`` is weighted at this step. -> (total loss, terms): terms holds every weighted loss term (detached,
         unweighted values), 'gumbel_tau', 'num_links' and 'num_joints' (means over the batch)
         and 'reliance' (``reliance`` of the batch's reconstruction; ``restart_step`` sums its two
         errors over the window before its decision, then decides: ``maybe_restart``)."""
@@ -748,7 +748,9 @@ class SkeletonModel(FreshStarts, nn.Module):
             int(self.restarts) < c.restart_max + int(c.restart_keep_best)
         if restarting and step == self.began() + c.restart_step:
             self.maybe_restart(step)
-        out = self.run(batch[0], batch[1], step=step, track=batch[2] if len(batch) > 2 else None)
+        # after a restart the new start's own count decides; unweighted, pi skips the frames
+        track = batch[2] if len(batch) > 2 and self.term_weights(step).get("track") else None
+        out = self.run(batch[0], batch[1], step=step, track=track)
         terms = self.loss_terms(out, batch[1])
         w = self.term_weights(step)
         loss = sum(w[k] * terms[k] for k in w if k in terms)

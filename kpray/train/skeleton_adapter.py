@@ -69,7 +69,7 @@ class SkeletonAdapter(Adapter):
         return SkeletonModel(self.make_config(cfg.preset, cfg.model_config))
 
     def call(self, model, batch, step):
-        if model.term_weights(step).get("track"):        # pi skips the frames while unweighted
+        if model.config.track_weight > 0:
             return model((batch["source"], batch["target"], batch["track"]), step=step)
         return model((batch["source"], batch["target"]), step=step)
 
