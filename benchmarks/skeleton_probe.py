@@ -34,8 +34,9 @@ def train_step(model, opt, cfg, batch, step: int) -> tuple:
     import torch
 
     from kpray.train.loop import optimizer_step
+    from kpray.train.models import get_adapter
 
-    loss, terms = model((batch["source"], batch["target"]), step)
+    loss, terms = get_adapter("skeleton").call(model, batch, step)   # with the next frames
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_grad_value is not None:

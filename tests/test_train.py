@@ -53,7 +53,10 @@ def _checkpoints(run_dir):
 
 
 def test_two_workers_train_in_sync_on_uneven_shards(ray_session, shards, tmp_path):
-    cfg = _cfg(shards, tmp_path, "ddp")
+    # the track term joins at step 3: its next frames come through the loader on both ranks,
+    # and a term that joins mid-run is logged from then on
+    mc = {**TINY["skeleton"], "track_weight": 0.5, "track_start_step": 3}
+    cfg = _cfg(shards, tmp_path, "ddp", model_config=mc)
     t = time.time()
     result = fit(build_trainer(cfg))
     m = result.metrics
@@ -65,10 +68,10 @@ def test_two_workers_train_in_sync_on_uneven_shards(ray_session, shards, tmp_pat
     # rank 0's checkpoint is what both ranks hold
     state = load_state(result.checkpoint.path)
     assert state["step"] == 6 and len(state["rng"]) == 2 and "optimizer" in state
-    assert state["config"]["model_config"] == TINY["skeleton"]
+    assert state["config"]["model_config"] == mc
     # validation metrics for Tune, logging and previews
-    for k in ("val_bcc", "val_joint_f1", "val_struct_f1", "loss_recon", "images_per_s",
-              "data_wait_frac"):
+    for k in ("val_bcc", "val_joint_f1", "val_struct_f1", "loss_recon", "loss_track",
+              "images_per_s", "data_wait_frac"):
         assert k in m and m[k] == m[k], k          # present and not NaN
     logs = os.path.join(tmp_path, "ddp", "logs")
     assert sorted(os.listdir(os.path.join(logs, "previews"))) == ["step_0000003.png", "step_0000006.png"]

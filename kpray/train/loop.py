@@ -219,7 +219,7 @@ def train_func(config: dict) -> None:
         with open(os.path.join(log_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
 
-    term_names: list[str] | None = None
+    term_names: list[str] = []
     window = {"wait": 0.0, "time": 0.0, "steps": 0}
     totals = {"wait": 0.0, "time": 0.0, "steps": 0}
     last_terms: dict[str, float] = {}
@@ -242,9 +242,9 @@ def train_func(config: dict) -> None:
             if name is not None:
                 terms = dict(terms, **{name: terms[name] * float("nan")})
 
-        # Global mean of every term (for logging), and a shared verdict on finiteness.
-        if term_names is None:
-            term_names = sorted(terms)
+        # Global mean of every term (for logging), and a shared verdict on finiteness. A term
+        # may join later in the run (a start step), on every rank at the same step.
+        term_names = sorted(terms)
         stacked = torch.stack([loss.detach().float()] +
                               [torch.as_tensor(terms[k]).detach().float().reshape(()).to(loss.device)
                                for k in term_names])
