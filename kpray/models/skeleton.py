@@ -107,8 +107,11 @@ class SkeletonConfig:
     # to its joint over a video: measured with benchmarks/point_identity.py, a point on an outer
     # hinge of a five-pole body jumps to a neighbouring hinge (7-9 px away) every 3.4-4.4
     # frames, while the joints move 1.4-1.8 px per frame (median; 90th percentile 3.4-3.9 px).
-    # The margin lets that motion pass. (A hinge on the distance between the two maps' means
-    # fell 5x in a 300-step fine-tune and left the jumps as they were: the maps spread instead)
+    # The margin lets that motion pass. (A hinge on the distance between the two maps' means,
+    # at weight 3, fell 6x in a 300-step fine-tune and left the jumps as they were: the maps
+    # spread instead.) Measured on one seed at 0.05: a quarter fewer jumps, the skeletons'
+    # count no longer follows the body; at 0.3 the points leave the outer hinges
+    # (docs/benchmarks.md, session 25). Not in a recipe
     track_weight: float = 0.0
     track_margin: float = 0.15      # normalised (2 = the image's width): 4.8 px at 64x64
     track_start_step: int = 0       # the term joins this many steps after the current start
@@ -738,21 +741,21 @@ class SkeletonModel(FreshStarts, nn.Module):
 
     def forward(self, batch, step: int = 0) -> tuple[torch.Tensor, dict]:
         """batch: (source [B, 3, H, W], target [B, 3, H, W]) float in [0, 1], two frames of one
-        episode, and optionally a third, the frame next to the source in its video, used
-        where ``track`` is weighted at this step. -> (total loss, terms): terms holds every weighted loss term (detached,
-        unweighted values), 'gumbel_tau', 'num_links' and 'num_joints' (means over the batch)
-        and 'reliance' (``reliance`` of the batch's reconstruction; ``restart_step`` sums its two
-        errors over the window before its decision, then decides: ``maybe_restart``)."""
+        episode, and optionally a third, the frame next to the source in its video (used where
+        ``track`` is weighted at this step). -> (total loss, terms): terms holds every weighted
+        loss term (detached, unweighted values), 'gumbel_tau', 'num_links' and 'num_joints'
+        (means over the batch) and 'reliance' (``reliance`` of the batch's reconstruction;
+        ``restart_step`` sums its two errors over the window before its decision, then decides:
+        ``maybe_restart``)."""
         c = self.config
         restarting = c.restart_step > 0 and self.training and \
             int(self.restarts) < c.restart_max + int(c.restart_keep_best)
         if restarting and step == self.began() + c.restart_step:
             self.maybe_restart(step)
-        # after a restart the new start's own count decides; unweighted, pi skips the frames
-        track = batch[2] if len(batch) > 2 and self.term_weights(step).get("track") else None
+        w = self.term_weights(step)        # after a restart: the new start's own step count
+        track = batch[2] if len(batch) > 2 and w.get("track") else None   # unweighted: skipped
         out = self.run(batch[0], batch[1], step=step, track=track)
         terms = self.loss_terms(out, batch[1])
-        w = self.term_weights(step)
         loss = sum(w[k] * terms[k] for k in w if k in terms)
         logs = {k: v.detach() for k, v in terms.items()}
         logs["gumbel_tau"] = torch.tensor(out["tau"])
