@@ -219,7 +219,6 @@ def train_func(config: dict) -> None:
         with open(os.path.join(log_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
 
-    term_names: list[str] = []
     window = {"wait": 0.0, "time": 0.0, "steps": 0}
     totals = {"wait": 0.0, "time": 0.0, "steps": 0}
     last_terms: dict[str, float] = {}
