@@ -9,11 +9,14 @@
 #
 # VARIANTS: lines "NAME extra training flags" (default below: session 18's screen); RECIPE (the
 # flags of `make skeleton-recipe`, read from the Makefile); STEPS (2000, the recipe's); SEED (1);
-# DEVICE (cuda; cpu to try the script on a small STEPS).
+# DEVICE (cuda; cpu to try the script on a small STEPS); PROBES (the probes' own folders, default
+# OUTDIR/probes: on a lent machine put them outside $OUT, e.g. /tmp/probes, or their logs take
+# the few files that come back); WEIGHT_FILES (4: the weights of the first 3 x 4 probes, about
+# 55 MB, since a lent machine returns about 64 MiB in all; session 26 lost a fifth file).
 # MINUTES caps each probe's training so that its comparison always runs.
 # Writes OUTDIR/screen.md (the table, with the reliance each restart_step decision read),
 # OUTDIR/screen.tgz (each probe's log, comparison, terms and skeletons.png) and
-# OUTDIR/weights-N.pt (the trained weights, three probes to a file).
+# OUTDIR/weights-N.pt (the trained weights, three probes to a file, WEIGHT_FILES files at most).
 set -u
 DATA=${1:?usage: gpu_skeleton_screen.sh DATA OUTDIR [MINUTES]}
 OUTDIR=${2:?OUTDIR}
@@ -21,6 +24,8 @@ MINUTES=${3:-6}
 STEPS=${STEPS:-2000}
 SEED=${SEED:-1}
 DEVICE=${DEVICE:-cuda}
+PROBES=${PROBES:-$OUTDIR/probes}
+WEIGHT_FILES=${WEIGHT_FILES:-4}
 RECIPE=${RECIPE:-$(make -s --no-print-directory skeleton-recipe)}   # make learn-skeleton's flags
 # a variant's --set weights={...} replaces the recipe's weights whole: W restates the rest
 W='"sparse_joints":3.0,"uniform":10000.0'
@@ -33,21 +38,21 @@ rep01 --set weights={$W,\"contiguity\":-0.01}
 lev3 --set pyramid_levels=3
 b16 --set batch_size=16
 piw32 --set pi_width=32"}
-mkdir -p "$OUTDIR/probes"
+mkdir -p "$OUTDIR" "$PROBES"
 T0=$(date +%s)
 while read -r name flags; do
   [ -z "$name" ] && continue
   # later flags win: a variant's --seed / --set overrides the recipe's
-  python3 benchmarks/skeleton_probe.py --out "$OUTDIR/probes/$name" --device "$DEVICE" --threads 1 \
+  python3 benchmarks/skeleton_probe.py --out "$PROBES/$name" --device "$DEVICE" --threads 1 \
     --minutes "$MINUTES" --log-every 50 -- --data "$DATA" --preset cartpoles --steps "$STEPS" --seed "$SEED" \
-    $RECIPE $flags >"$OUTDIR/probes/$name.log" 2>&1 &
+    $RECIPE $flags >"$PROBES/$name.log" 2>&1 &
 done <<<"$VARIANTS"
 wait
 echo "all probes done in $(( $(date +%s) - T0 )) s"
 {
   echo "| probe | steps | train s | reliance at restart_step (step) | joint F1 | dist | count diff | Bcc (metrics.json; best constant) | struct F1 | Spearman | oracle choice joint F1 |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-  for d in "$OUTDIR"/probes/*/; do
+  for d in "$PROBES"/*/; do
     python3 - "$d" <<'EOF'
 import json, os, sys
 sys.path.insert(0, "benchmarks")
@@ -76,16 +81,18 @@ EOF
 # What comes back from a lent machine is at most 8 files of 16 MiB: the small files in one
 # archive, and the trained weights (model only, half precision: ~4.6 MB a probe) three probes
 # to a file, for solver sweeps on the CPU afterwards (benchmarks/structure_on_points.py).
-tar czf "$OUTDIR/screen.tgz" -C "$OUTDIR" --exclude='checkpoint_*' probes
-python3 - "$OUTDIR" <<'EOF'
+tar czf "$OUTDIR/screen.tgz" -C "$PROBES" --exclude='checkpoint_*' --transform 's,^\.,probes,' .
+python3 - "$OUTDIR" "$PROBES" "$WEIGHT_FILES" <<'EOF'
 import glob, os, sys, torch
-out = sys.argv[1]
-ckpts = sorted(glob.glob(os.path.join(out, "probes", "*", "checkpoint_*", "state.pt")))
-for g in range(0, len(ckpts), 3):
+out, probes, files = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ckpts = sorted(glob.glob(os.path.join(probes, "*", "checkpoint_*", "state.pt")))
+if len(ckpts) > 3 * files:
+    print(f"weights packed for the first {3 * files} of {len(ckpts)} probes (WEIGHT_FILES={files})")
+for g in range(0, min(len(ckpts), 3 * files), 3):
     pack = {}
     for path in ckpts[g:g + 3]:
         s = torch.load(path, map_location="cpu", weights_only=False)
-        name = os.path.relpath(os.path.dirname(path), os.path.join(out, "probes"))
+        name = os.path.relpath(os.path.dirname(path), probes)
         pack[name] = {**{k: v for k, v in s.items() if k != "optimizer"},
                       "model": {k: v.half() if v.is_floating_point() else v
                                 for k, v in s["model"].items()}}
