@@ -387,7 +387,42 @@ def test_probe_restart_clears_adam_and_start_outcomes_reads_the_decision(tiny_ch
     assert outcomes.main([str(tmp_path / "probes"), "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
     assert outcomes.main([str(tmp_path / "nothing")]) == 2
+    arms = load_script("benchmarks/screen_arms.py")                 # reads the same real probe
+    assert arms.read_probe(str(out))["trained"]["joint_f1"] == pytest.approx(
+        json.loads((out / "comparison.json").read_text())["rows"]["trained"]["joint_f1"])
+    assert arms.main([str(tmp_path / "probes"), "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 0 and arms.main([str(tmp_path / "nothing")]) == 2
     assert outcomes.decision_reliance("step 250: reliance 0.315 >= 0.25; start kept") == 0.315
     assert outcomes.decisions("restart at step 250: reliance 0.165 < 0.25; start 1\n" * 2 +
                               "step 500: reliance 0.409 >= 0.25; start kept") == {250: 0.165,
                                                                                    500: 0.409}
+
+
+def test_screen_arms_groups_starts_by_arm_and_counts_targets_by_hand():
+    """benchmarks/screen_arms.py: the arm is the name without data/seed parts; a start meets Bcc
+    only above 0.75 *and* above the constant skeleton; NaN meets nothing; per-arm counts."""
+    from conftest import load_script
+
+    arms = load_script("benchmarks/screen_arms.py")
+    assert [arms.arm_of(n) for n in ("p4-s20-base", "long-p5-s21", "p12-s3-tr-05")] == \
+        ["base", "long", "tr-05"]
+
+    def probe(name, f1, bcc, const, rho):
+        t = {"joint_f1": f1, "dist": 0.1, "diff": 1.0, "bcc_defined": bcc, "struct_f1": 0.7,
+             "spearman": rho}
+        return {"probe": name, "arm": arms.arm_of(name), "steps": 10, "trained": t,
+                "constant": {"bcc_defined": const}}
+
+    good = probe("p1-s1-a", 0.61, 0.80, 0.79, 0.6)                  # meets all six
+    below_const = probe("p1-s2-a", 0.61, 0.80, 0.81, 0.6)           # Bcc under the constant
+    nan_rho = probe("p1-s1-b", 0.59, 0.80, 0.5, float("nan"))
+    assert all(arms.meets(good).values())
+    assert [k for k, v in arms.meets(below_const).items() if not v] == \
+        ["Bcc >= 0.75 and above the constant"]
+    assert {k for k, v in arms.meets(nan_rho).items() if not v} == {"joint F1 >= 0.60",
+                                                                     "Spearman >= 0.5"}
+    s = arms.summary([good, nan_rho, below_const])
+    assert list(s) == ["a", "b"] and s["a"]["n"] == 2 and s["a"]["all"] == 1
+    assert s["a"]["met"]["Bcc >= 0.75 and above the constant"] == 1
+    assert s["a"]["mean"]["joint_f1"] == pytest.approx(0.61) and s["b"]["all"] == 0
+    assert s["b"]["met"]["Spearman >= 0.5"] == 0
