@@ -12,7 +12,8 @@
 # DEVICE (cuda; cpu to try the script on a small STEPS); PROBES (the probes' own folders, default
 # OUTDIR/probes: on a lent machine put them outside $OUT, e.g. /tmp/probes, or their logs take
 # the few files that come back); WEIGHT_FILES (4: the weights of the first 3 x 4 probes, about
-# 55 MB, since a lent machine returns about 64 MiB in all; session 26 lost a fifth file).
+# 55 MB, since a lent machine returns about 64 MiB in all; session 26 lost a fifth file;
+# benchmarks/screen_weights.py packs them, and unpacks them here).
 # MINUTES caps each probe's training so that its comparison always runs.
 # Writes OUTDIR/screen.md (the table, with the reliance each restart_step decision read),
 # OUTDIR/screen.tgz (each probe's log, comparison, terms and skeletons.png) and
@@ -80,21 +81,7 @@ EOF
 } | tee "$OUTDIR/screen.md"
 # What comes back from a lent machine is at most 8 files of 16 MiB: the small files in one
 # archive, and the trained weights (model only, half precision: ~4.6 MB a probe) three probes
-# to a file, for solver sweeps on the CPU afterwards (benchmarks/structure_on_points.py).
+# to a file, for solver sweeps on the CPU afterwards (`screen_weights.py unpack OUTDIR DEST`,
+# then benchmarks/structure_on_points.py or point_identity.py on DEST/<probe>/checkpoint_*).
 tar czf "$OUTDIR/screen.tgz" -C "$PROBES" --exclude='checkpoint_*' --transform 's,^\.,probes,' .
-python3 - "$OUTDIR" "$PROBES" "$WEIGHT_FILES" <<'EOF'
-import glob, os, sys, torch
-out, probes, files = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ckpts = sorted(glob.glob(os.path.join(probes, "*", "checkpoint_*", "state.pt")))
-if len(ckpts) > 3 * files:
-    print(f"weights packed for the first {3 * files} of {len(ckpts)} probes (WEIGHT_FILES={files})")
-for g in range(0, min(len(ckpts), 3 * files), 3):
-    pack = {}
-    for path in ckpts[g:g + 3]:
-        s = torch.load(path, map_location="cpu", weights_only=False)
-        name = os.path.relpath(os.path.dirname(path), probes)
-        pack[name] = {**{k: v for k, v in s.items() if k != "optimizer"},
-                      "model": {k: v.half() if v.is_floating_point() else v
-                                for k, v in s["model"].items()}}
-    torch.save(pack, os.path.join(out, f"weights-{g // 3 + 1}.pt"))
-EOF
+python3 benchmarks/screen_weights.py pack "$PROBES" "$OUTDIR" --files "$WEIGHT_FILES"

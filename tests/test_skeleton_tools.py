@@ -357,11 +357,13 @@ def test_identity_report_spread_of_bones_and_of_pairs_that_skip_a_hinge():
     assert mod.relative_spread(sliding[:, 0], sliding[:, 1]) == pytest.approx(0.96 / 9.2)
 
 
-def test_probe_restart_clears_adam_and_start_outcomes_reads_the_decision(tiny_checkpoint, tmp_path,
-                                                                         capsys):
+def test_probe_restart_clears_adam_and_the_screen_tools_read_the_probe(tiny_checkpoint, tmp_path,
+                                                                       capsys):
     """A probe whose start is restarted at step 2 (restart_below 1: any reliance is below it)
     restarts Adam too (its step count is 1 after 3 steps, not 3), and
-    benchmarks/start_outcomes.py reads the reliance the decision printed from the probe's log."""
+    benchmarks/start_outcomes.py reads the reliance the decision printed from the probe's log;
+    screen_arms.py reads its comparison; screen_weights.py packs its weights in half precision
+    and unpacks them into a checkpoint that loads."""
     from conftest import load_script
     from kpray.train.predict import load_checkpoint
 
@@ -392,6 +394,15 @@ def test_probe_restart_clears_adam_and_start_outcomes_reads_the_decision(tiny_ch
         json.loads((out / "comparison.json").read_text())["rows"]["trained"]["joint_f1"])
     assert arms.main([str(tmp_path / "probes"), "--out", str(tmp_path / "a.png")]) == 0
     assert (tmp_path / "a.png").stat().st_size > 0 and arms.main([str(tmp_path / "nothing")]) == 2
+    weights = load_script("benchmarks/screen_weights.py")
+    assert weights.pack(str(tmp_path / "probes"), str(tmp_path), files=1) == ["p"]
+    assert weights.main(["unpack", str(tmp_path), str(tmp_path / "back")]) == 0
+    back, _ = load_checkpoint(str(tmp_path / "back" / "p"))
+    for k, v in state["model"].items():
+        w = back["model"][k]
+        assert w.dtype == v.dtype and torch.allclose(w, v, rtol=1e-3, atol=1e-3), k
+    assert "optimizer" not in back and int(back["model"]["start_step"]) == 2
+    assert weights.main(["unpack", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
     assert outcomes.decision_reliance("step 250: reliance 0.315 >= 0.25; start kept") == 0.315
     assert outcomes.decisions("restart at step 250: reliance 0.165 < 0.25; start 1\n" * 2 +
                               "step 500: reliance 0.409 >= 0.25; start kept") == {250: 0.165,
