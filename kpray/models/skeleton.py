@@ -109,9 +109,9 @@ class SkeletonConfig:
     # frames, while the joints move 1.4-1.8 px per frame (median; 90th percentile 3.4-3.9 px).
     # The margin lets that motion pass. (A hinge on the distance between the two maps' means,
     # at weight 3, fell 6x in a 300-step fine-tune and left the jumps as they were: the maps
-    # spread instead.) Measured on one seed at 0.05: a quarter fewer jumps, the skeletons'
-    # count no longer follows the body; at 0.3 the points leave the outer hinges
-    # (docs/benchmarks.md, session 25). Not in a recipe
+    # spread instead.) At 0.3 the points leave the outer hinges (session 25); at 0.05, over
+    # eight GPU starts against the recipe's, joint F1 fell on seven (by 0.08 on average) and
+    # the jumps barely moved (docs/benchmarks.md, session 26). Not in a recipe
     track_weight: float = 0.0
     track_margin: float = 0.15      # normalised (2 = the image's width): 4.8 px at 64x64
     track_start_step: int = 0       # the term joins this many steps after the current start
