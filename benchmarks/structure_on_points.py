@@ -105,6 +105,18 @@ def mask_evidence(c, episode) -> torch.Tensor:
     return F.max_pool2d(m, c.uniform_pool, stride=1, padding=c.uniform_pool // 2)[:, 0]
 
 
+def relabel_tracks(c, maps: list[torch.Tensor], tracks: list[np.ndarray]):
+    """(maps, tracks) per video with each video's points relabelled along their tracks
+    (``track_order``) where ``c.solver_track_points`` says so, as ``SkeletonModel.predict``
+    does; unchanged otherwise."""
+    if not c.solver_track_points:
+        return maps, tracks
+    orders = [solver.track_order(torch.from_numpy(np.asarray(t))) for t in tracks]
+    return ([solver.along_tracks(o, m) for o, m in zip(orders, maps)],
+            [solver.along_tracks(o, torch.from_numpy(np.asarray(t))).numpy()
+             for o, t in zip(orders, tracks)])
+
+
 def video_links(c, maps: list[torch.Tensor], evidence: list[torch.Tensor] | None = None) -> torch.Tensor:
     """[V, P, P] 0/1 links: per video, ``greedy_links`` on ``c.solver_frames`` frames of its
     maps [T, P, H, W] spread over it (``psi_head="solver"``'s one skeleton per video); with
@@ -185,14 +197,16 @@ def main(argv=None) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for text in args.setting or ["{}"]:
         c = apply_setting(model.config, text)
+        scored = tracks
         if args.solver == "fit":
             links = S.fit_links_per_sample(c, sm, tm, sp, tp, None, args.fit_steps, c.psi_fit_lr)
         elif args.solver == "video":
-            links = video_links(c, maps, None if args.evidence == "points"
+            v_maps, scored = relabel_tracks(c, maps, tracks)
+            links = video_links(c, v_maps, None if args.evidence == "points"
                                 else [mask_evidence(c, ep) for ep in episodes])
         else:
             links = greedy_links(c, sm, tm, sp, tp)
-        print(score_row(f"`{text}`", score_links(episodes, tracks, links)), flush=True)
+        print(score_row(f"`{text}`", score_links(episodes, scored, links)), flush=True)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,47 @@ def test_model_with_the_solver_trains_pi_alone_and_predicts_video_skeletons():
         SkeletonModel(dataclasses.replace(c, psi_target="fit"))
 
 
+def test_track_order_keeps_each_label_on_its_path_when_points_swap_places():
+    from kpray.models.skeleton_solver import along_tracks, track_order
+
+    # pi's channels 0 and 1 trade hinges at frame 1 and trade back at frame 3; 2 drifts alone
+    a, b, z = [10.0, 10.0], [18.0, 10.0], [40.0, 40.0]
+    pts = torch.tensor([[a, b, z], [b, a, z], [[b[0], 11.0], [a[0], 11.0], [41.0, 40.0]],
+                        [[10.0, 12.0], [18.0, 12.0], [42.0, 40.0]]])
+    order = track_order(pts)
+    assert order.tolist() == [[0, 1, 2], [1, 0, 2], [1, 0, 2], [0, 1, 2]]
+    tracked = along_tracks(order, pts)
+    assert tracked[:, 0, 0].tolist() == [10.0] * 4 and tracked[:, 1, 0].tolist() == [18.0] * 4
+    # the labels travel with anything else per point: maps [T, P, H, W]
+    maps = torch.arange(4 * 3, dtype=torch.float32).reshape(4, 3, 1, 1).expand(4, 3, 2, 2)
+    assert along_tracks(order, maps)[1, :, 0, 0].tolist() == [4.0, 3.0, 5.0]
+    # the match is one to one at least total distance, not each label's nearest: label 0's
+    # nearest at frame 1 is label 1's place, but taking it would send label 1 28 px away
+    two = torch.tensor([[[0.0, 0.0], [10.0, 0.0]], [[30.0, 0.0], [8.0, 0.0]]])
+    assert track_order(two).tolist() == [[0, 1], [1, 0]]
+
+
+def test_model_relabels_a_videos_points_along_tracks_before_its_skeleton():
+    c = solver_config(num_points=6, pi_width=8, background_width=8, psi_head="solver",
+                      solver_frames=3)
+    torch.manual_seed(0)
+    model = SkeletonModel(c).eval()
+    frames = torch.rand(5, 3, 64, 64)
+    plain = model.predict(frames, video=True)
+    model.config = dataclasses.replace(c, solver_track_points=True)
+    tracked = model.predict(frames, video=True)
+    steps = lambda p: (p[1:] - p[:-1]).norm(dim=-1).sum()                 # noqa: E731
+    # the same points each frame, in an order that moves them less from frame to frame (never
+    # more: each step is the least-distance matching of the two frames' point sets)
+    assert torch.equal(tracked.points[0], plain.points[0])
+    for t in range(5):
+        assert sorted(map(tuple, tracked.points[t].tolist())) == sorted(map(tuple, plain.points[t].tolist()))
+    assert steps(tracked.points) < steps(plain.points)
+    assert all(torch.equal(tracked.links[0], v) for v in tracked.links)
+    # one frame alone (no video): no tracks to follow
+    assert torch.equal(model.predict(frames[:1]).points, plain.points[:1])
+
+
 def test_spanning_tree_and_the_solver_starts():
     from kpray.models.skeleton_solver import solve_links, spanning_tree
 
@@ -290,9 +331,11 @@ def test_structure_benchmarks_take_mask_evidence_split_terms_by_body_and_time_th
     root, shards, _ = tiny_checkpoint
     sop = load_script("benchmarks/structure_on_points.py")
     sop.main([str(root / "run"), str(shards), "--solver", "video", "--evidence", "mask",
-              "--threads", "1", "--setting", '{"solver_frames": 2}'])
+              "--threads", "1", "--setting", '{"solver_frames": 2}',
+              "--setting", '{"solver_frames": 2, "solver_track_points": true}'])
     out = capsys.readouterr().out
     assert "3 test videos, solver video" in out and out.count('| `{"solver_frames": 2}` |') == 1
+    assert out.count('| `{"solver_frames": 2, "solver_track_points": true}` |') == 1
     with pytest.raises(SystemExit):                      # the mask oracle is the video solver's
         sop.main([str(root / "run"), str(shards), "--solver", "fit", "--evidence", "mask"])
     svo = load_script("benchmarks/solver_vs_oracle.py")

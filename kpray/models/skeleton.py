@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kpray.losses import skeleton as L
-from kpray.models.skeleton_solver import SolverSkeletonPredictor, check_solver_start, spread_frames
+from kpray.models.skeleton_solver import (SolverSkeletonPredictor, check_solver_start, spread_frames,
+                                         track_order, along_tracks)
 from kpray.models.starts import FreshStarts, print_on_rank0, rank_mean
 from kpray.models.unet import UNet
 from kpray.ops.coords import expected_location, pixel_grid
@@ -64,6 +65,15 @@ class SkeletonConfig:
     solver_frames: int = 1          # open, psi_head="solver": a video's skeleton minimises the
                                     # structure terms over this many frames spread evenly over
                                     # it (1: each frame's own skeleton, the paper's protocol)
+    solver_track_points: bool = False  # open (not in the paper), psi_head="solver" with
+                                    # solver_frames > 1: before a video's skeleton is searched,
+                                    # its points are relabelled frame by frame so that each
+                                    # label follows one track (track_order: least total distance
+                                    # to the labels' places in the frame before). pi's channel
+                                    # for a point is not tied to a joint over a video: on five
+                                    # poles a point jumps to a neighbouring hinge about once
+                                    # every four frames, and one skeleton for all frames can
+                                    # then only link points that stay put
     solver_start: str = "empty"     # open, psi_head="solver": where the greedy search starts:
                                     # "empty" (no links), "tree" (the points' minimum spanning
                                     # tree) or "best" (both; the lower structure loss).
@@ -888,7 +898,9 @@ class SkeletonModel(FreshStarts, nn.Module):
         points with some link >= link_threshold. Call model.eval() first.
         video: the B images are the frames of one video, in order; with psi_head="solver" and
         solver_frames K > 1, every frame then gets the one skeleton found on K of them, spread
-        evenly over the video (``SolverSkeletonPredictor.video_links``).
+        evenly over the video (``SolverSkeletonPredictor.video_links``); with
+        solver_track_points, on points relabelled along their tracks (``track_order``), and the
+        points returned carry those labels.
         link_frame: the caller reads the links of this frame only (the paper's protocol: one
         frame's skeleton stands for the video); a solver psi then searches on that frame alone
         and every frame gets its links, instead of one search per frame."""
@@ -898,6 +910,9 @@ class SkeletonModel(FreshStarts, nn.Module):
         logits, maps = self.locate(images)
         b, p, h, w = logits.shape
         if video and isinstance(self.psi, SolverSkeletonPredictor) and c.solver_frames > 1:
+            if c.solver_track_points:
+                order = track_order(self.read_points(logits, maps))
+                logits, maps = along_tracks(order, logits), along_tracks(order, maps)
             frames = spread_frames(b, c.solver_frames).to(maps.device)
             links = self.psi.video_links(maps[frames]).expand(b, p, p)
         elif link_frame is not None and isinstance(self.psi, SolverSkeletonPredictor):

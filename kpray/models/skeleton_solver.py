@@ -246,6 +246,34 @@ def spread_frames(frames: int, k: int) -> torch.Tensor:
     return torch.linspace(0, frames - 1, min(k, frames)).round().long().unique()
 
 
+def track_order(points: torch.Tensor) -> torch.Tensor:
+    """points [T, P, 2] of a video's consecutive frames -> order [T, P] (long): frame t's point
+    order[t, j] continues track j. Each frame's points are matched one to one to the tracks'
+    places in the frame before (least total distance, Hungarian), so a point that takes over
+    its neighbour's place while the neighbour takes over its own keeps its track. order[0] is
+    the identity. Where two points swap joints between frames (pi's channels are not tied to
+    a joint over a video), the tracks stay on their joints."""
+    from scipy.optimize import linear_sum_assignment
+
+    pts = points.detach().float().cpu().numpy()
+    t, p = pts.shape[:2]
+    order = torch.empty(t, p, dtype=torch.long)
+    order[0] = torch.arange(p)
+    prev = pts[0]
+    for i in range(1, t):
+        cost = ((prev[:, None] - pts[i][None]) ** 2).sum(-1) ** 0.5      # [track, point]
+        tracks, found = linear_sum_assignment(cost)
+        order[i, torch.from_numpy(tracks)] = torch.from_numpy(found)
+        prev = pts[i][order[i].numpy()]
+    return order.to(points.device)
+
+
+def along_tracks(order: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x [T, P, ...] per frame and point -> x with frame t's points in ``order[t]``'s order."""
+    idx = order.to(x.device).reshape(*order.shape, *([1] * (x.dim() - 2)))
+    return x.gather(1, idx.expand_as(x))
+
+
 class SolverSkeletonPredictor(nn.Module):
     """(image [B, 3, H, W], location maps [B, P, H, W]) -> links [B, P, P] in {0, 1}: per image,
     ``greedy_links`` on its own points (expected locations of the maps), with the structure
