@@ -10,6 +10,8 @@ their most frequent joint, the joints they visit, and how often the joint change
 consecutive frames. The per-video skeleton (one link matrix for all frames, as the paper's
 protocol uses one frame's) can only be right at joints whose point keeps them.
 ``--ignore-joint`` leaves out joints that a pile of points sits on (the cartpoles' first hinge).
+``--track`` first relabels each video's points along their tracks, as ``solver_track_points``
+does before the solver: a jump that is two points trading joints then disappears.
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import torch  # noqa: E402
+
 from kpray.metrics import joint_switches  # noqa: E402
+from kpray.models.skeleton_solver import along_tracks, track_order  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from structure_on_points import checkpoint_videos, video_maps  # noqa: E402
@@ -37,11 +42,16 @@ def main(argv=None) -> int:
     ap.add_argument("--radius", type=float, default=4.0, help="pixels (default 4)")
     ap.add_argument("--ignore-joint", type=int, action="append", default=[],
                     help="a joint index to leave out (repeatable)")
+    ap.add_argument("--track", action="store_true",
+                    help="relabel each video's points along their tracks first (track_order)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     model, adapter, episodes = checkpoint_videos("point_identity.py", args.checkpoint, args.data,
                                                  args.split, args.episodes, args.threads)
     _, tracks = video_maps(model, adapter, episodes)
+    if args.track:
+        tracks = [along_tracks(track_order(torch.from_numpy(t)), torch.from_numpy(t)).numpy()
+                  for t in tracks]
     rows, videos = defaultdict(list), defaultdict(int)
     for ep, tr in zip(episodes, tracks):
         body = str(ep.get("meta", {}).get("body", "?"))
@@ -49,7 +59,8 @@ def main(argv=None) -> int:
         rows[body].append(joint_switches(tr, np.asarray(ep["joints"], float), args.radius,
                                          ignore=args.ignore_joint))
     print(f"{sum(videos.values())} {args.split} videos, radius {args.radius:g} px, "
-          f"joints left out: {args.ignore_joint or 'none'}")
+          f"joints left out: {args.ignore_joint or 'none'}"
+          f"{', points relabelled along tracks' if args.track else ''}")
     print("| body | videos | points on a joint | frames on a joint | on its most frequent joint "
           "| joints visited | joint changes per consecutive frame |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

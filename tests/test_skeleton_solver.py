@@ -353,3 +353,7 @@ def test_structure_benchmarks_take_mask_evidence_split_terms_by_body_and_time_th
     out = capsys.readouterr().out
     # within 64 px every point is on a joint in every frame: one row per body, frames 1.00
     assert out.startswith("3 test videos, radius 64 px") and out.count(" | 1.00 | ") == 3, out
+    assert ident.main([str(root / "run"), str(shards), "--radius", "64", "--threads", "1",
+                       "--track"]) == 0
+    out = capsys.readouterr().out
+    assert "relabelled along tracks" in out and out.count(" | 1.00 | ") == 3, out
