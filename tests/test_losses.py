@@ -188,6 +188,22 @@ def test_track_loss_hand_case():
     assert g[2, 10] < 0 and g[2, 2] > g[2, 10]
 
 
+def test_seek_loss_hand_case():
+    # 2 points on a 4 x 4 image; the background fails by 2 at (1, 1), by 1 at (3, 2), else 0
+    err = torch.zeros(1, 4, 4)
+    err[0, 1, 1], err[0, 2, 3] = 2.0, 1.0
+    maps = torch.zeros(1, 2, 4, 4)
+    maps[0, 0, 1, 1] = 1.0                               # on the worst pixel: nothing owed
+    maps[0, 1, 2, 3], maps[0, 1, 0, 0] = 0.5, 0.5        # half on the half-error pixel
+    assert torch.isclose(L.seek_loss(maps, err), torch.tensor(1 - (1.0 + 0.25) / 2))
+    assert torch.isclose(L.seek_loss(maps, 3 * err), L.seek_loss(maps, err))   # scale-free
+    # the gradient moves point 1's mass from the exact pixel towards the failing ones
+    logits = torch.zeros(1, 2, 4, 4, requires_grad=True)
+    L.seek_loss(logits.flatten(2).softmax(-1).view(1, 2, 4, 4), err).backward()
+    g = logits.grad[0, 1]
+    assert g[1, 1] < g[2, 3] < 0 < g[0, 0]
+
+
 def test_video_rigidity_hand_case():
     # three points over two frames: link 0-1 keeps length 0.3, link 1-2 has 0.4 then 0.6
     # (mean 0.5, mean absolute deviation 0.1), link 0-2 is absent

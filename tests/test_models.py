@@ -770,6 +770,26 @@ def test_rigidity_term_joins_the_loss_only_when_weighted():
         tiny_skeleton(rigidity_weight=-1.0)
 
 
+def test_seek_term_pulls_pi_towards_the_backgrounds_errors_only_within_its_window():
+    from kpray.losses import skeleton as L
+
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)
+    m = tiny_skeleton(gumbel_noise=False, seek_weight=2.0, seek_from=3, seek_until=6)
+    assert [m.term_weights(s)["seek"] for s in (2, 3, 5, 6)] == [0.0, 2.0, 2.0, 0.0]
+    assert "seek" not in tiny_skeleton().term_weights(4)
+    out = m.run(src, tgt, step=4)
+    terms = m.loss_terms(out, tgt)
+    want = L.seek_loss(out["target_maps"], (out["background"] - tgt).pow(2).sum(1))
+    assert float(terms["seek"]) == pytest.approx(float(want)) and 0 < float(want) < 1
+    m.zero_grad()
+    terms["seek"].backward()                              # pi only: B's error is a constant
+    assert sum(float(p.grad.abs().sum()) for p in m.pi.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.background.parameters())
+    with pytest.raises(ValueError, match="seek_weight"):
+        tiny_skeleton(seek_weight=-1.0)
+
+
 def test_track_term_joins_the_loss_only_with_the_next_frames_and_trains_pi_alone():
     src, tgt, nxt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     torch.manual_seed(0)

@@ -329,6 +329,17 @@ def track_loss(maps: torch.Tensor, next_maps: torch.Tensor, radius: float = 4.8)
     return 1 - overlap.mean()
 
 
+def seek_loss(maps: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """1 - mean_{b,k} sum_hw maps[b, k] * error[b] / max_hw error[b]: how far the points' mass
+    lies from where the background alone fails (not in the paper; ``seek_weight``). maps [B, P,
+    H, W], each a distribution over pixels; error [B, H, W] >= 0 (the background's squared error
+    per pixel, treated as a constant). 0 when every point sits on its image's worst pixel, 1
+    when every point sits where the background is exact; in [0, 1]."""
+    err = error.detach()
+    err = err / err.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return 1 - (maps * err[:, None]).sum(dim=(2, 3)).mean()
+
+
 def length_spread(points: torch.Tensor) -> torch.Tensor:
     """points [K, P, 2] normalised (K frames of one video) -> [P, P]: mean_k |l^k_ij - mean_k'
     l^k'_ij|, how much the distance between points i and j varies over the frames (0 on the
