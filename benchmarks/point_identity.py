@@ -10,8 +10,9 @@ their most frequent joint, the joints they visit, and how often the joint change
 consecutive frames. The per-video skeleton (one link matrix for all frames, as the paper's
 protocol uses one frame's) can only be right at joints whose point keeps them.
 ``--ignore-joint`` leaves out joints that a pile of points sits on (the cartpoles' first hinge).
-``--track`` first relabels each video's points along their tracks, as ``solver_track_points``
-does before the solver: a jump that is two points trading joints then disappears.
+``--track`` first relabels each video's points along their tracks (``tracked``), as
+``solver_track_points`` does before the solver: a jump that is two points trading joints then
+disappears.
 """
 from __future__ import annotations
 
@@ -24,13 +25,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
-
 from kpray.metrics import joint_switches  # noqa: E402
-from kpray.models.skeleton_solver import along_tracks, track_order  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from structure_on_points import checkpoint_videos, video_maps  # noqa: E402
+from structure_on_points import checkpoint_videos, tracked, video_maps  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -50,8 +48,7 @@ def main(argv=None) -> int:
                                                  args.split, args.episodes, args.threads)
     _, tracks = video_maps(model, adapter, episodes)
     if args.track:
-        tracks = [along_tracks(track_order(torch.from_numpy(t)), torch.from_numpy(t)).numpy()
-                  for t in tracks]
+        tracks = [tracked(t)[1] for t in tracks]
     rows, videos = defaultdict(list), defaultdict(int)
     for ep, tr in zip(episodes, tracks):
         body = str(ep.get("meta", {}).get("body", "?"))

@@ -105,16 +105,21 @@ def mask_evidence(c, episode) -> torch.Tensor:
     return F.max_pool2d(m, c.uniform_pool, stride=1, padding=c.uniform_pool // 2)[:, 0]
 
 
+def tracked(points: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """One video's points [T, P, 2] -> (their ``track_order`` [T, P], the points in it)."""
+    pts = torch.from_numpy(np.asarray(points))
+    order = solver.track_order(pts)
+    return order, solver.along_tracks(order, pts).numpy()
+
+
 def relabel_tracks(c, maps: list[torch.Tensor], tracks: list[np.ndarray]):
     """(maps, tracks) per video with each video's points relabelled along their tracks
-    (``track_order``) where ``c.solver_track_points`` says so, as ``SkeletonModel.predict``
-    does; unchanged otherwise."""
+    (``tracked``) where ``c.solver_track_points`` says so, as ``SkeletonModel.predict`` does;
+    unchanged otherwise."""
     if not c.solver_track_points:
         return maps, tracks
-    orders = [solver.track_order(torch.from_numpy(np.asarray(t))) for t in tracks]
-    return ([solver.along_tracks(o, m) for o, m in zip(orders, maps)],
-            [solver.along_tracks(o, torch.from_numpy(np.asarray(t))).numpy()
-             for o, t in zip(orders, tracks)])
+    orders, tracks = zip(*map(tracked, tracks))
+    return [solver.along_tracks(o, m) for o, m in zip(orders, maps)], list(tracks)
 
 
 def video_links(c, maps: list[torch.Tensor], evidence: list[torch.Tensor] | None = None) -> torch.Tensor:

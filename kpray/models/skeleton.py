@@ -133,10 +133,11 @@ class SkeletonConfig:
     # seek (not in the paper; 0 = off): weight of L.seek_loss on the target frame's location
     # maps, how far their mass lies from where the background alone fails (B's squared error
     # per pixel, as a constant), from seek_from to seek_until steps into each start (the run's,
-    # and each restart's; not at once: an untrained B fails worst on the dark sky). A start fails when its points settle off the body and B paints the body
-    # itself (reliance < 0.25 at step 250; on this CPU 8 of 8 starts of seeds 3 and 5 in
-    # session 27): a point carries its source pixel's colour, so one on the background in
-    # both frames is a fixed point of eq. 1. This pulls the points to the body first.
+    # and each restart's; not at once: an untrained B fails worst on the dark sky). A start
+    # fails when its points settle off the body and B paints the body itself (reliance < 0.25
+    # at step 250; 8 of 8 starts of seeds 3 and 5 on session 27's CPU): a point carries its
+    # source pixel's colour, so one on the background in both frames is a fixed point of
+    # eq. 1. This pulls the points to the body first.
     # Measured at 1 (its gradient on pi about recon's at the start) on seed 5's failing first
     # start, restarts off: points on the object at step 250 0.08 -> 0.87, reliance 0.50-0.55
     # from step 500, test joint F1 0.560 (the recipe's run there: 0.284). Reliance at step 250
