@@ -204,6 +204,29 @@ def test_seek_loss_hand_case():
     assert g[1, 1] < g[2, 3] < 0 < g[0, 0]
 
 
+def test_seek_loss_cover_counts_a_pixel_once_and_sends_a_point_where_the_others_are_not():
+    # the 4 x 4 case above: the background fails by 2 at (1, 1), by 1 at (2, 3), else 0
+    err = torch.zeros(1, 4, 4)
+    err[0, 1, 1], err[0, 2, 3] = 2.0, 1.0
+    both = torch.zeros(1, 2, 4, 4)
+    both[0, :, 1, 1] = 1.0                               # both points on the worst pixel
+    assert float(L.seek_loss(both, err)) == pytest.approx(0.0)
+    assert float(L.seek_loss(both, err, cover=True)) == pytest.approx(1 - 1.0 / 2)
+    apart = both.clone()
+    apart[0, 1, 1, 1], apart[0, 1, 2, 3] = 0.0, 1.0
+    assert float(L.seek_loss(apart, err, cover=True)) == pytest.approx(1 - (1.0 + 0.5) / 2)
+    one = both[:, :1] * 0.5 + apart[:, 1:] * 0.5          # P = 1: the same as the plain term
+    assert torch.isclose(L.seek_loss(one, err, cover=True), L.seek_loss(one, err))
+    # point 0 holds the worst pixel: point 1 is pulled to the next failing one, not onto it
+    logits = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    for cover, first, second in ((False, (1, 1), (2, 3)), (True, (2, 3), (1, 1))):
+        logits.grad = None
+        maps = torch.cat([both[:, :1], logits.flatten(2).softmax(-1).view(1, 1, 4, 4)], 1)
+        L.seek_loss(maps, err, cover=cover).backward()
+        g = logits.grad[0, 0]
+        assert g[first] < g[second] and g[first] < 0, cover
+
+
 def test_video_rigidity_hand_case():
     # three points over two frames: link 0-1 keeps length 0.3, link 1-2 has 0.4 then 0.6
     # (mean 0.5, mean absolute deviation 0.1), link 0-2 is absent

@@ -788,6 +788,13 @@ def test_seek_term_pulls_pi_towards_the_backgrounds_errors_only_within_its_windo
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.background.parameters())
     with pytest.raises(ValueError, match="seek_weight"):
         tiny_skeleton(seek_weight=-1.0)
+    torch.manual_seed(0)
+    m = tiny_skeleton(gumbel_noise=False, seek_weight=1.0, seek_cover=True)
+    out = m.run(src, tgt, step=100)
+    want = L.seek_loss(out["target_maps"], (out["background"] - tgt).pow(2).sum(1), cover=True)
+    assert float(m.loss_terms(out, tgt)["seek"]) == pytest.approx(float(want))
+    assert float(want) != pytest.approx(float(L.seek_loss(out["target_maps"],
+                                                          (out["background"] - tgt).pow(2).sum(1))))
 
 
 def test_track_term_joins_the_loss_only_with_the_next_frames_and_trains_pi_alone():

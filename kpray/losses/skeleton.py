@@ -329,15 +329,23 @@ def track_loss(maps: torch.Tensor, next_maps: torch.Tensor, radius: float = 4.8)
     return 1 - overlap.mean()
 
 
-def seek_loss(maps: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+def seek_loss(maps: torch.Tensor, error: torch.Tensor, cover: bool = False) -> torch.Tensor:
     """1 - mean_{b,k} sum_hw maps[b, k] * error[b] / max_hw error[b]: how far the points' mass
     lies from where the background alone fails (not in the paper; ``seek_weight``). maps [B, P,
     H, W], each a distribution over pixels; error [B, H, W] >= 0 (the background's squared error
     per pixel, treated as a constant). 0 when every point sits on its image's worst pixel, 1
-    when every point sits where the background is exact; in [0, 1]."""
+    when every point sits where the background is exact; in [0, 1].
+    cover (``seek_cover``): the points' union instead of each point alone, 1 - sum_hw (1 -
+    prod_k (1 - maps[b, k])) * error[b] / (P max_hw error[b]): a pixel counts once however many
+    points sit on it, so a point gains only where the others are not (the gradient on map k is
+    the plain one times prod_{l != k} (1 - maps[b, l])), spreading the points over the failing
+    pixels instead of piling them on the worst. The same for P = 1; still in [0, 1]."""
     err = error.detach()
     err = err / err.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-    return 1 - (maps * err[:, None]).sum(dim=(2, 3)).mean()
+    if not cover:
+        return 1 - (maps * err[:, None]).sum(dim=(2, 3)).mean()
+    covered = 1 - (1 - maps.clamp(0, 1)).prod(dim=1)                    # [B, H, W]
+    return 1 - (covered * err).sum(dim=(1, 2)).mean() / maps.shape[1]
 
 
 def length_spread(points: torch.Tensor) -> torch.Tensor:

@@ -145,6 +145,9 @@ class SkeletonConfig:
     seek_weight: float = 0.0
     seek_from: int = 50
     seek_until: int = 200
+    seek_cover: bool = False        # the term on the points' union (L.seek_loss's cover): a
+    #                                 pixel counts once, so the points spread over the body's
+    #                                 failing pixels instead of piling on the worst (session 28)
     link_grad_floor: float = 0.0    # open: least slope of the link sigmoid in backward; 0: plain
                                     # sigmoid (links saturate at 0/1 within 50 steps and stop
                                     # learning)
@@ -887,7 +890,7 @@ class SkeletonModel(FreshStarts, nn.Module):
                                           c.track_margin * c.image_size / 2)
         if c.seek_weight > 0:
             terms["seek"] = L.seek_loss(out["target_maps"],
-                                        (out["background"] - target).pow(2).sum(1))
+                                        (out["background"] - target).pow(2).sum(1), c.seek_cover)
         if links is None:
             return terms
         if c.psi_target == "fit":
