@@ -141,7 +141,9 @@ class SkeletonConfig:
     # Measured at 1 (its gradient on pi about recon's at the start) on seed 5's failing first
     # start, restarts off: points on the object at step 250 0.08 -> 0.87, reliance 0.50-0.55
     # from step 500, test joint F1 0.560 (the recipe's run there: 0.284). Reliance at step 250
-    # stays low with it (0.13-0.17), so restart_step's test does not fit it; not yet a recipe
+    # stays low with it (0.13-0.17), so restart_step's test does not fit it. In the
+    # learn-skeleton recipe since session 28, with the restart off: 5 starts on 5 data sets,
+    # test joint F1 0.48-0.63 (docs/benchmarks.md). Default 0: the paper's loss
     seek_weight: float = 0.0
     seek_from: int = 50
     seek_until: int = 200
