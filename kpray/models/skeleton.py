@@ -149,7 +149,9 @@ class SkeletonConfig:
     seek_until: int = 200
     seek_cover: bool = False        # the term on the points' union (L.seek_loss's cover): a
     #                                 pixel counts once, so the points spread over the body's
-    #                                 failing pixels instead of piling on the worst (session 28)
+    #                                 failing pixels instead of piling on the worst; once on
+    #                                 seed 9: within a start's noise of the plain term, the
+    #                                 points no more spread (docs/benchmarks.md, session 28)
     link_grad_floor: float = 0.0    # open: least slope of the link sigmoid in backward; 0: plain
                                     # sigmoid (links saturate at 0/1 within 50 steps and stop
                                     # learning)
