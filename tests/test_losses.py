@@ -189,7 +189,7 @@ def test_track_loss_hand_case():
 
 
 def test_seek_loss_hand_case():
-    # 2 points on a 4 x 4 image; the background fails by 2 at (1, 1), by 1 at (3, 2), else 0
+    # 2 points on a 4 x 4 image; the background fails by 2 at (1, 1), by 1 at (2, 3), else 0
     err = torch.zeros(1, 4, 4)
     err[0, 1, 1], err[0, 2, 3] = 2.0, 1.0
     maps = torch.zeros(1, 2, 4, 4)

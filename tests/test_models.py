@@ -780,7 +780,8 @@ def test_seek_term_pulls_pi_towards_the_backgrounds_errors_only_within_its_windo
     assert "seek" not in tiny_skeleton().term_weights(4)
     out = m.run(src, tgt, step=4)
     terms = m.loss_terms(out, tgt)
-    want = L.seek_loss(out["target_maps"], (out["background"] - tgt).pow(2).sum(1))
+    err = (out["background"] - tgt).pow(2).sum(1)       # B's squared error per pixel [B, H, W]
+    want = L.seek_loss(out["target_maps"], err)
     assert float(terms["seek"]) == pytest.approx(float(want)) and 0 < float(want) < 1
     m.zero_grad()
     terms["seek"].backward()                              # pi only: B's error is a constant
@@ -791,10 +792,10 @@ def test_seek_term_pulls_pi_towards_the_backgrounds_errors_only_within_its_windo
     torch.manual_seed(0)
     m = tiny_skeleton(gumbel_noise=False, seek_weight=1.0, seek_cover=True)
     out = m.run(src, tgt, step=100)
-    want = L.seek_loss(out["target_maps"], (out["background"] - tgt).pow(2).sum(1), cover=True)
+    err = (out["background"] - tgt).pow(2).sum(1)
+    want = L.seek_loss(out["target_maps"], err, cover=True)
     assert float(m.loss_terms(out, tgt)["seek"]) == pytest.approx(float(want))
-    assert float(want) != pytest.approx(float(L.seek_loss(out["target_maps"],
-                                                          (out["background"] - tgt).pow(2).sum(1))))
+    assert float(want) != pytest.approx(float(L.seek_loss(out["target_maps"], err)))
 
 
 def test_track_term_joins_the_loss_only_with_the_next_frames_and_trains_pi_alone():
