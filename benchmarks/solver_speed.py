@@ -20,7 +20,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kpray.models import skeleton_solver as solver  # noqa: E402
-from kpray.ops.coords import expected_location  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from structure_on_points import checkpoint_videos, video_maps  # noqa: E402
@@ -41,7 +40,7 @@ def main(argv=None) -> None:
     same = 0
     for m in maps:
         m = m[solver.spread_frames(m.shape[0], c.solver_frames)].float()
-        pts = expected_location(m)
+        pts = solver.solver_points(c, m)
         found = {}
         for name, search in (("fast", solver.greedy_links), ("reference", solver.greedy_links_by_objective)):
             t0 = time.perf_counter()

@@ -36,7 +36,7 @@ from kpray.data import iter_episodes  # noqa: E402
 from kpray.losses.skeleton import effective_weights  # noqa: E402
 from kpray.models import skeleton as S  # noqa: E402
 from kpray.models import skeleton_solver as solver  # noqa: E402
-from kpray.ops.coords import expected_location, to_pixels  # noqa: E402
+from kpray.ops.coords import to_pixels  # noqa: E402
 from kpray.skeleton_report import _video_record, oracle_matches  # noqa: E402
 from kpray.train.predict import load_model  # noqa: E402
 
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         logits, maps = model.locate(adapter.frames_tensor(model, frames))
         track = to_pixels(model.read_points(logits, maps), frames.shape[1]).numpy()
         idx = solver.spread_frames(len(frames), k)
-        km, kp = maps[idx], expected_location(maps[idx])
+        km = maps[idx]
+        kp = solver.solver_points(c, km)
         links = {"solver": solver.greedy_links(c, km, kp),
                  "oracle": oracle_links(ep, track.astype(np.float64), c.num_points, a.eps)}
         links["oracle, polished"] = solver.greedy_links(c, km, kp, start=links["oracle"])

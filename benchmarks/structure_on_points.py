@@ -131,7 +131,7 @@ def video_links(c, maps: list[torch.Tensor], evidence: list[torch.Tensor] | None
         k = solver.spread_frames(m.shape[0], c.solver_frames)
         km = m[k]
         ev = None if evidence is None else evidence[v][k]
-        out.append(solver.solve_links(c, km, expected_location(km), evidence=ev))
+        out.append(solver.solve_links(c, km, solver.solver_points(c, km), evidence=ev))
     return torch.stack(out)
 
 

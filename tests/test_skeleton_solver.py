@@ -267,6 +267,32 @@ def test_solver_on_a_pair_keeps_only_links_that_hold_in_both_frames():
     assert (0, 11) not in pairs(paired) and pairs(paired) == {(0, 6), (6, 11)}
 
 
+def test_solver_links_the_points_where_the_model_reads_them_not_their_maps_means():
+    from kpray.models.skeleton_solver import SolverSkeletonPredictor, solver_points
+
+    c = solver_config(num_points=12)
+    bent = torch.tensor([[20.0, 12 + 4 * k] for k in range(7)] + [[24 + 4 * k, 36.0] for k in range(5)])
+    maps = O.one_hot_maps(to_normalised(bent[None], 64), 64)
+    maps[0, 6] *= 0.6                   # the corner's map: 0.6 on the corner, 0.4 in a far corner
+    maps[0, 6, 60, 60] = 0.4            # of the image, so its mean (45.6, 45.6) px is off the body
+
+    def pairs(s):
+        return {(i, j) for i in range(12) for j in range(i + 1, 12) if s[i, j] == 1}
+
+    assert torch.allclose(solver_points(c, maps), to_normalised(bent[None], 64))   # arg-max
+    for solver in (lambda s: s.video_links(maps), lambda s: s(None, maps)[0]):
+        # as the metrics read the points: the chain through the corner
+        assert pairs(solver(SolverSkeletonPredictor(c))) == {(0, 6), (6, 11)}
+        # at the maps' means the corner point is off the body: two links that miss the corner
+        expected = dataclasses.replace(c, solver_points="expected")
+        assert pairs(solver(SolverSkeletonPredictor(expected))) == {(0, 5), (7, 11)}
+        # a model that reads its points at the means gives its solver the means too
+        means = dataclasses.replace(c, point_readout="expected")
+        assert pairs(solver(SolverSkeletonPredictor(means))) == {(0, 5), (7, 11)}
+    with pytest.raises(ValueError, match="solver_points"):
+        SkeletonModel(dataclasses.replace(c, num_points=4, solver_points="mean"))
+
+
 def test_solver_rigidity_moves_pi_only_from_its_start_step():
     c = solver_config(num_points=6, pi_width=8, background_width=8, psi_head="solver",
                       rigidity_weight=10.0, rigidity_points_gain=0.01, rigidity_start_step=3,

@@ -31,7 +31,7 @@ from kpray.models.skeleton_solver import (SolverSkeletonPredictor, check_solver_
                                          track_order, along_tracks)
 from kpray.models.starts import FreshStarts, print_on_rank0, rank_mean
 from kpray.models.unet import UNet
-from kpray.ops.coords import expected_location, pixel_grid
+from kpray.ops.coords import argmax_location, expected_location
 from kpray.ops.edge_map import upper_pairs
 
 
@@ -256,6 +256,15 @@ class SkeletonConfig:
                                     # its logits, or "expected" (the noise-free map's mean, what
                                     # the structure terms and the solver use; measured: lower
                                     # joint F1, the mean falls between a map's modes)
+    solver_points: str = "readout"  # open, psi_head="solver": the points whose links the solver
+                                    # searches at prediction: "readout" (as point_readout reads
+                                    # them: the points the metrics score) or "expected" (the
+                                    # maps' means, as the losses see them; before session 29).
+                                    # A map split between two places has its mean off the body,
+                                    # where no link through it is right. Measured on 3 trained
+                                    # runs' 30 training videos: "readout" lowers the joint count
+                                    # error (1.03-1.33 -> 0.87-1.13) and raises joint F1, Bcc
+                                    # and Spearman (-0.04-0.40 -> 0.26-0.52; docs/benchmarks.md)
 
     @classmethod
     def paper_literal(cls, preset: str = "cartpoles", **overrides) -> "SkeletonConfig":
@@ -726,6 +735,8 @@ def check_config(c: SkeletonConfig) -> None:
             raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
     if c.point_readout not in ("argmax", "expected"):
         raise ValueError(f"point_readout must be 'argmax' or 'expected', got {c.point_readout!r}")
+    if c.solver_points not in ("readout", "expected"):
+        raise ValueError(f"solver_points must be 'readout' or 'expected', got {c.solver_points!r}")
     if c.transport_patch < 1 or c.transport_patch % 2 == 0:
         raise ValueError(f"transport_patch must be an odd size >= 1, got {c.transport_patch}")
     if c.restart_step < 0 or c.restart_max < 0 or (
@@ -958,9 +969,7 @@ class SkeletonModel(FreshStarts, nn.Module):
         (normalised) as ``point_readout`` says: the arg-max pixel, or the map's mean."""
         if self.config.point_readout == "expected":
             return expected_location(maps)
-        b, p, h, w = logits.shape
-        grid = pixel_grid(h, w, logits.device, logits.dtype)
-        return grid[logits.reshape(b, p, h * w).argmax(-1)]
+        return argmax_location(logits)
 
     @torch.no_grad()
     def point_reliance(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

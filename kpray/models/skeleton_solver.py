@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import vmap
 
 from kpray.losses import skeleton as L
-from kpray.ops.coords import expected_location
+from kpray.ops.coords import argmax_location, expected_location
 
 
 def structure_objective(c, maps: torch.Tensor, points: torch.Tensor,
@@ -240,6 +240,15 @@ def solve_links(c, maps: torch.Tensor, points: torch.Tensor,
     return min(found, key=lambda s: float(f(s)))
 
 
+def solver_points(c, maps: torch.Tensor) -> torch.Tensor:
+    """Noise-free location maps [K, P, H, W] -> the points [K, P, 2] (normalised) whose links
+    the solver searches (``c.solver_points``): where the model reads its points
+    (``point_readout``: the arg-max pixel, or the mean), or the maps' means."""
+    if c.solver_points == "expected" or c.point_readout == "expected":
+        return expected_location(maps)
+    return argmax_location(maps)
+
+
 def spread_frames(frames: int, k: int) -> torch.Tensor:
     """Indices of min(k, frames) frames spread evenly over a video of ``frames`` frames, first
     and last included: the frames a video's skeleton is searched on (``solver_frames``)."""
@@ -276,8 +285,9 @@ def along_tracks(order: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 class SolverSkeletonPredictor(nn.Module):
     """(image [B, 3, H, W], location maps [B, P, H, W]) -> links [B, P, P] in {0, 1}: per image,
-    ``greedy_links`` on its own points (expected locations of the maps), with the structure
-    settings and weights of config ``c``. No parameters; no gradient flows through it."""
+    ``greedy_links`` on its own points (``solver_points``; in training, on a pair, the maps'
+    means, as the losses see them), with the structure settings and weights of config ``c``.
+    No parameters; no gradient flows through it."""
 
     def __init__(self, c):
         super().__init__()
@@ -291,10 +301,11 @@ class SolverSkeletonPredictor(nn.Module):
         H, W] (training), the links minimise the terms with the source/target pair, as the
         losses see it, so that a link must hold in both frames."""
         maps = location_maps.detach().float()
-        pts = expected_location(maps)
         if target_maps is None:
+            pts = solver_points(self.config, maps)
             t_maps = t_pts = [None] * maps.shape[0]
-        else:
+        else:                                   # the points the losses see
+            pts = expected_location(maps)
             t_maps = target_maps.detach().float()
             t_pts = expected_location(t_maps)
             t_maps, t_pts = t_maps[:, None], t_pts[:, None]
@@ -305,4 +316,4 @@ class SolverSkeletonPredictor(nn.Module):
     def video_links(self, location_maps: torch.Tensor) -> torch.Tensor:
         """One skeleton for K frames of a video: maps [K, P, H, W] -> links [P, P]."""
         maps = location_maps.detach().float()
-        return solve_links(self.config, maps, expected_location(maps)).to(location_maps.dtype)
+        return solve_links(self.config, maps, solver_points(self.config, maps)).to(location_maps.dtype)

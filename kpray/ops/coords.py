@@ -50,3 +50,10 @@ def expected_location(location_maps: torch.Tensor) -> torch.Tensor:
     b, p, h, w = location_maps.shape
     return location_maps.reshape(b, p, h * w) @ pixel_grid(h, w, location_maps.device,
                                                            location_maps.dtype)
+
+
+def argmax_location(maps: torch.Tensor) -> torch.Tensor:
+    """maps (or logits): [B, P, H, W] -> coordinates [B, P, 2] of each map's largest pixel (the
+    first on a tie)."""
+    b, p, h, w = maps.shape
+    return pixel_grid(h, w, maps.device, maps.dtype)[maps.reshape(b, p, h * w).argmax(-1)]
