@@ -274,7 +274,7 @@ def test_solver_links_the_points_where_the_model_reads_them_not_their_maps_means
     bent = torch.tensor([[20.0, 12 + 4 * k] for k in range(7)] + [[24 + 4 * k, 36.0] for k in range(5)])
     maps = O.one_hot_maps(to_normalised(bent[None], 64), 64)
     maps[0, 6] *= 0.6                   # the corner's map: 0.6 on the corner, 0.4 in a far corner
-    maps[0, 6, 60, 60] = 0.4            # of the image, so its mean (45.6, 45.6) px is off the body
+    maps[0, 6, 60, 60] = 0.4            # of the image, so its mean (36, 45.6) px is off the body
 
     def pairs(s):
         return {(i, j) for i in range(12) for j in range(i + 1, 12) if s[i, j] == 1}

@@ -254,17 +254,17 @@ class SkeletonConfig:
     link_threshold: float = 0.5     # a link exists where S >= this (evaluation)
     point_readout: str = "argmax"   # open: a predicted point's pixel in evaluation: "argmax" of
                                     # its logits, or "expected" (the noise-free map's mean, what
-                                    # the structure terms and the solver use; measured: lower
-                                    # joint F1, the mean falls between a map's modes)
+                                    # the structure terms use; measured: lower joint F1, the mean
+                                    # falls between a map's modes)
     solver_points: str = "readout"  # open, psi_head="solver": the points whose links the solver
                                     # searches at prediction: "readout" (as point_readout reads
                                     # them: the points the metrics score) or "expected" (the
                                     # maps' means, as the losses see them; before session 29).
                                     # A map split between two places has its mean off the body,
-                                    # where no link through it is right. Measured on 3 trained
-                                    # runs' 30 training videos: "readout" lowers the joint count
-                                    # error (1.03-1.33 -> 0.87-1.13) and raises joint F1, Bcc
-                                    # and Spearman (-0.04-0.40 -> 0.26-0.52; docs/benchmarks.md)
+                                    # where no link through it is right. Measured on the test
+                                    # videos of six trained recipe runs: "readout" raises joint
+                                    # F1 on all six (by 0.01-0.03) and Spearman (by 0.11-0.28),
+                                    # and lowers the count error on five (docs/benchmarks.md)
 
     @classmethod
     def paper_literal(cls, preset: str = "cartpoles", **overrides) -> "SkeletonConfig":
