@@ -91,10 +91,11 @@ def main(argv=None) -> int:
     for ep in episodes:
         frames = np.asarray(ep["frames"])
         logits, maps = model.locate(adapter.frames_tensor(model, frames))
-        track = to_pixels(model.read_points(logits, maps), frames.shape[1]).numpy()
+        read = model.read_points(logits, maps, video=True)
+        track = to_pixels(read, frames.shape[1]).numpy()
         idx = solver.spread_frames(len(frames), k)
         km = maps[idx]
-        kp = solver.solver_points(c, km)
+        kp = solver.solver_points(c, km, read[idx])
         links = {"solver": solver.greedy_links(c, km, kp),
                  "oracle": oracle_links(ep, track.astype(np.float64), c.num_points, a.eps)}
         links["oracle, polished"] = solver.greedy_links(c, km, kp, start=links["oracle"])

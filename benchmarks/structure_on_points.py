@@ -94,8 +94,16 @@ def video_maps(model, adapter, episodes) -> tuple[list[torch.Tensor], list[np.nd
         frames = np.asarray(ep["frames"])
         logits, m = model.locate(adapter.frames_tensor(model, frames))
         maps.append(m)
-        tracks.append(to_pixels(model.read_points(logits, m).float(), frames.shape[1]).cpu().numpy())
+        tracks.append(to_pixels(model.read_points(logits, m, video=True).float(), frames.shape[1]).cpu().numpy())
     return maps, tracks
+
+
+def read_tracks(model, maps: list[torch.Tensor], size: int) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """(the points [T, P, 2] normalised, and in pixels of a ``size`` image) that ``model``'s
+    ``point_readout`` reads from each video's maps [T, P, H, W]: a setting may change the
+    readout without running pi again."""
+    read = [model.read_points(torch.log(m.clamp_min(1e-30)), m, video=True).float() for m in maps]
+    return read, [to_pixels(r, size).cpu().numpy() for r in read]
 
 
 def mask_evidence(c, episode) -> torch.Tensor:
@@ -122,16 +130,19 @@ def relabel_tracks(c, maps: list[torch.Tensor], tracks: list[np.ndarray]):
     return [solver.along_tracks(o, m) for o, m in zip(orders, maps)], list(tracks)
 
 
-def video_links(c, maps: list[torch.Tensor], evidence: list[torch.Tensor] | None = None) -> torch.Tensor:
+def video_links(c, maps: list[torch.Tensor], evidence: list[torch.Tensor] | None = None,
+                read: list[torch.Tensor] | None = None) -> torch.Tensor:
     """[V, P, P] 0/1 links: per video, ``greedy_links`` on ``c.solver_frames`` frames of its
     maps [T, P, H, W] spread over it (``psi_head="solver"``'s one skeleton per video); with
-    ``evidence`` ([T, H, W] per video), the uniform term reads it instead of the points'."""
+    ``evidence`` ([T, H, W] per video), the uniform term reads it instead of the points'; with
+    ``read`` ([T, P, 2] normalised per video), on the points the model read (``solver_points``)."""
     out = []
     for v, m in enumerate(maps):
         k = solver.spread_frames(m.shape[0], c.solver_frames)
         km = m[k]
         ev = None if evidence is None else evidence[v][k]
-        out.append(solver.solve_links(c, km, solver.solver_points(c, km), evidence=ev))
+        pts = solver.solver_points(c, km, None if read is None else read[v][k])
+        out.append(solver.solve_links(c, km, pts, evidence=ev))
     return torch.stack(out)
 
 
@@ -197,18 +208,24 @@ def main(argv=None) -> None:
         maps, tracks = video_maps(model, adapter, episodes)
     else:
         (sm, tm, sp, tp), tracks = frame_pairs(model, adapter, episodes)
+    size = np.asarray(episodes[0]["frames"]).shape[1]
     print(f"{len(episodes)} {args.split} videos, solver {args.solver}")
     print("| setting | joint F1 | dist | count diff | struct F1 | Bcc | joints per body | Spearman |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    base = model.config
     for text in args.setting or ["{}"]:
-        c = apply_setting(model.config, text)
+        c = apply_setting(base, text)
         scored = tracks
         if args.solver == "fit":
             links = S.fit_links_per_sample(c, sm, tm, sp, tp, None, args.fit_steps, c.psi_fit_lr)
         elif args.solver == "video":
-            v_maps, scored = relabel_tracks(c, maps, tracks)
+            model.config = c                  # the setting's readout reads the points
+            read, scored = read_tracks(model, maps, size)
+            v_maps, scored = relabel_tracks(c, maps, scored)
+            if c.solver_track_points:         # the points again, in the tracks' order
+                read, scored = read_tracks(model, v_maps, size)
             links = video_links(c, v_maps, None if args.evidence == "points"
-                                else [mask_evidence(c, ep) for ep in episodes])
+                                else [mask_evidence(c, ep) for ep in episodes], read)
         else:
             links = greedy_links(c, sm, tm, sp, tp)
         print(score_row(f"`{text}`", score_links(episodes, scored, links)), flush=True)

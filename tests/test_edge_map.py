@@ -1,10 +1,13 @@
-"""The chunked arg-max edge map against brute force: values, gradients, ties, memory."""
+"""The coordinate convention and readouts; the chunked arg-max edge map against brute force:
+values, gradients, ties, memory."""
+import itertools
 import math
 
 import pytest
 import torch
 
-from kpray.ops.coords import pixel_grid, to_normalised, to_pixels
+from kpray.ops.coords import (argmax_location, local_peaks, pixel_grid, to_normalised, to_pixels,
+                              tracked_location)
 from kpray.ops.edge_map import edge_map, edge_map_naive, segment_distance2, upper_pairs
 
 
@@ -22,6 +25,42 @@ def test_coordinate_convention_round_trip():
     pix = torch.tensor([[0.0, 0.0], [63.0, 31.5]])
     assert torch.allclose(to_pixels(to_normalised(pix, 64), 64), pix)
     assert torch.allclose(to_normalised(torch.tensor([31.5, 31.5]), 64), torch.zeros(2))
+
+
+
+def test_tracked_location_is_the_best_path_over_the_peaks_by_brute_force():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, 2, 6, 6, generator=g) ** 4                     # [T, P, H, W]
+    maps = maps / maps.sum((-1, -2), keepdim=True)
+    k, motion = 3, 0.3
+    values, xy = local_peaks(maps, k)
+    assert values.shape == (4, 2, 3) and (values[..., :-1] >= values[..., 1:]).all()
+    got = tracked_location(maps, k, motion)
+    for p in range(2):
+        def score(path):
+            pts = xy[torch.arange(4), p, list(path)]
+            return float(values[torch.arange(4), p, list(path)].log().sum()
+                         - ((pts[1:] - pts[:-1]) ** 2).sum() / (2 * motion ** 2))
+        best = max(itertools.product(range(k), repeat=4), key=score)
+        assert torch.equal(got[:, p], xy[torch.arange(4), p, list(best)])
+    assert torch.equal(tracked_location(maps, 1, motion), argmax_location(maps))
+
+
+def test_tracked_location_keeps_a_point_on_its_moving_place_where_the_arg_max_jumps():
+    """A point's map splits its mass between a place A that moves 1 px a frame along row 2 and a
+    still place B in the far corner; in frame 2 B holds more (0.6), elsewhere A does (0.55)."""
+    maps = torch.zeros(5, 1, 16, 16)
+    for t in range(5):
+        a = 0.4 if t == 2 else 0.55
+        maps[t, 0, 2, 2 + t] = a
+        maps[t, 0, 13, 13] = 1 - a
+    on_a = to_normalised(torch.tensor([[[2.0 + t, 2.0]] for t in range(5)]), 16)   # [T, 1, 2]
+    assert not torch.equal(argmax_location(maps)[2], on_a[2])           # the arg-max jumps to B
+    assert torch.equal(tracked_location(maps, 2, motion=0.5), on_a)     # follows A as it moves
+    # a tight motion prior prefers the still place: A's 4 steps of 1 px cost more than it gains
+    assert torch.equal(tracked_location(maps, 2, motion=0.2)[:, 0], torch.full((5, 2), 0.6875))
+    # where moving costs nothing, each frame takes its largest peak, as the arg-max does
+    assert torch.equal(tracked_location(maps, 2, motion=1e3), argmax_location(maps))
 
 
 def test_segment_distance_hand_cases():

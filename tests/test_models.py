@@ -656,6 +656,23 @@ def test_skeleton_point_readout_expected_is_the_maps_mean():
         tiny_skeleton(point_readout="mode")
 
 
+def test_skeleton_point_readout_tracked_follows_peaks_over_a_video_and_is_the_argmax_alone():
+    from kpray.ops.coords import argmax_location, tracked_location
+
+    torch.manual_seed(0)
+    model = tiny_skeleton(point_readout="tracked", readout_peaks=4, readout_motion=0.05).eval()
+    x = torch.rand(6, 3, 64, 64)
+    logits, maps = model.locate(x)
+    want = tracked_location(maps, 4, 0.05)
+    assert not torch.equal(want, argmax_location(maps))        # this video's maps: it matters
+    assert torch.equal(model.predict(x, video=True).points, want)
+    assert torch.equal(model.predict_points(x, video=True), want)
+    assert torch.equal(model.predict(x).points, argmax_location(logits))   # lone images
+    for bad in ({"readout_peaks": 0}, {"readout_motion": 0.0}, {"readout_peaks": 2.5}):
+        with pytest.raises(ValueError, match="readout_peaks"):
+            tiny_skeleton(**bad)
+
+
 def test_skeleton_patch_transport_trains_pi_and_refuses_even_sizes():
     torch.manual_seed(0)
     model = tiny_skeleton(transport_patch=5)

@@ -10,7 +10,7 @@ from kpray import skeleton_oracle as O
 from kpray.losses.skeleton import PRESETS, LossWeights
 from kpray.models.skeleton import SkeletonConfig, SkeletonModel
 from kpray.models.skeleton_solver import greedy_links, structure_objective
-from kpray.ops.coords import to_normalised
+from kpray.ops.coords import expected_location, to_normalised
 
 
 def solver_config(**kw) -> SkeletonConfig:
@@ -289,6 +289,10 @@ def test_solver_links_the_points_where_the_model_reads_them_not_their_maps_means
         # a model that reads its points at the means gives its solver the means too
         means = dataclasses.replace(c, point_readout="expected")
         assert pairs(solver(SolverSkeletonPredictor(means))) == {(0, 5), (7, 11)}
+    # the points the model read (point_readout "tracked" reads them over a video) steer the search
+    read = expected_location(maps)
+    assert pairs(SolverSkeletonPredictor(c).video_links(maps, read)) == {(0, 5), (7, 11)}
+    assert pairs(SolverSkeletonPredictor(c)(None, maps, read=read)[0]) == {(0, 5), (7, 11)}
     with pytest.raises(ValueError, match="solver_points"):
         SkeletonModel(dataclasses.replace(c, num_points=4, solver_points="mean"))
 

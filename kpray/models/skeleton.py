@@ -31,7 +31,7 @@ from kpray.models.skeleton_solver import (SolverSkeletonPredictor, check_solver_
                                          track_order, along_tracks)
 from kpray.models.starts import FreshStarts, print_on_rank0, rank_mean
 from kpray.models.unet import UNet
-from kpray.ops.coords import argmax_location, expected_location
+from kpray.ops.coords import argmax_location, expected_location, tracked_location
 from kpray.ops.edge_map import upper_pairs
 
 
@@ -253,9 +253,18 @@ class SkeletonConfig:
     batch_size: int = 8             # pairs, global
     link_threshold: float = 0.5     # a link exists where S >= this (evaluation)
     point_readout: str = "argmax"   # open: a predicted point's pixel in evaluation: "argmax" of
-                                    # its logits, or "expected" (the noise-free map's mean, what
+                                    # its logits, "expected" (the noise-free map's mean, what
                                     # the structure terms use; measured: lower joint F1, the mean
-                                    # falls between a map's modes)
+                                    # falls between a map's modes), or "tracked": on a video, per
+                                    # point the path over its map's readout_peaks largest local
+                                    # maxima per frame that best trades map value against motion
+                                    # (``tracked_location``); on a lone image, the arg-max. A map
+                                    # split between two places has its arg-max jump between them
+    readout_peaks: int = 8          # "tracked": local maxima per frame a point may take
+    readout_motion: float = 0.1     # "tracked": typical step of a point between frames, in
+                                    # normalised units (0.1 = 3.2 px at 64x64; true joints move
+                                    # 1.7 px a frame at the median, 3.7 at the 90th percentile,
+                                    # on cartpoles)
     solver_points: str = "readout"  # open, psi_head="solver": the points whose links the solver
                                     # searches at prediction: "readout" (as point_readout reads
                                     # them: the points the metrics score) or "expected" (the
@@ -733,8 +742,12 @@ def check_config(c: SkeletonConfig) -> None:
               "track_start_step", "seek_weight", "seek_from", "seek_until"):
         if not 0 <= getattr(c, k) < float("inf"):
             raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
-    if c.point_readout not in ("argmax", "expected"):
-        raise ValueError(f"point_readout must be 'argmax' or 'expected', got {c.point_readout!r}")
+    if c.point_readout not in ("argmax", "expected", "tracked"):
+        raise ValueError(f"point_readout must be 'argmax', 'expected' or 'tracked', "
+                         f"got {c.point_readout!r}")
+    if not (isinstance(c.readout_peaks, int) and c.readout_peaks >= 1 and c.readout_motion > 0):
+        raise ValueError(f"readout_peaks must be an integer >= 1 and readout_motion > 0, got "
+                         f"{c.readout_peaks!r} and {c.readout_motion!r}")
     if c.solver_points not in ("readout", "expected"):
         raise ValueError(f"solver_points must be 'readout' or 'expected', got {c.solver_points!r}")
     if c.transport_patch < 1 or c.transport_patch % 2 == 0:
@@ -934,9 +947,10 @@ class SkeletonModel(FreshStarts, nn.Module):
     def predict(self, images: torch.Tensor, video: bool = False,
                 link_frame: int | None = None) -> SkeletonPrediction:
         """images: [B, 3, H, W] (or [3, H, W]) -> points at the arg-max of each point's logits
-        (or, with point_readout="expected", at the mean of its noise-free map),
-        links from psi fed noise-free location maps (softmax at the final temperature), joints:
-        points with some link >= link_threshold. Call model.eval() first.
+        (or, with point_readout="expected", at the mean of its noise-free map; with "tracked"
+        and video, on each point's tracked peak), links from psi fed noise-free location maps
+        (softmax at the final temperature), searched by a solver psi on the points returned;
+        joints: points with some link >= link_threshold. Call model.eval() first.
         video: the B images are the frames of one video, in order; with psi_head="solver" and
         solver_frames K > 1, every frame then gets the one skeleton found on K of them, spread
         evenly over the video (``SolverSkeletonPredictor.video_links``); with
@@ -952,23 +966,29 @@ class SkeletonModel(FreshStarts, nn.Module):
         b, p, h, w = logits.shape
         if video and isinstance(self.psi, SolverSkeletonPredictor) and c.solver_frames > 1:
             if c.solver_track_points:
-                order = track_order(self.read_points(logits, maps))
+                order = track_order(self.read_points(logits, maps, video))
                 logits, maps = along_tracks(order, logits), along_tracks(order, maps)
+            points = self.read_points(logits, maps, video)
             frames = spread_frames(b, c.solver_frames).to(maps.device)
-            links = self.psi.video_links(maps[frames]).expand(b, p, p)
-        elif link_frame is not None and isinstance(self.psi, SolverSkeletonPredictor):
+            links = self.psi.video_links(maps[frames], points[frames]).expand(b, p, p)
+            return SkeletonPrediction(points, links, (links >= c.link_threshold).any(dim=-1))
+        points = self.read_points(logits, maps, video)
+        if link_frame is not None and isinstance(self.psi, SolverSkeletonPredictor):
             t = int(link_frame)
-            links = self.psi(images[t:t + 1], maps[t:t + 1]).expand(b, p, p)
+            links = self.psi(images[t:t + 1], maps[t:t + 1], read=points[t:t + 1]).expand(b, p, p)
         else:
             links = self.psi(images, maps)
-        points = self.read_points(logits, maps)
         return SkeletonPrediction(points, links, (links >= c.link_threshold).any(dim=-1))
 
-    def read_points(self, logits: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def read_points(self, logits: torch.Tensor, maps: torch.Tensor, video: bool = False) -> torch.Tensor:
         """pi's logits and noise-free location maps [B, P, H, W] -> points [B, P, 2]
-        (normalised) as ``point_readout`` says: the arg-max pixel, or the map's mean."""
-        if self.config.point_readout == "expected":
+        (normalised) as ``point_readout`` says: the arg-max pixel, the map's mean, or (with
+        video: the B frames of one video, in order) each point's tracked peak."""
+        c = self.config
+        if c.point_readout == "expected":
             return expected_location(maps)
+        if c.point_readout == "tracked" and video:
+            return tracked_location(maps, c.readout_peaks, c.readout_motion)
         return argmax_location(logits)
 
     @torch.no_grad()
@@ -996,6 +1016,6 @@ class SkeletonModel(FreshStarts, nn.Module):
         return logits, gumbel_location_maps(logits, self.config.gumbel_tau_end, noise=False)
 
     @torch.no_grad()
-    def predict_points(self, images: torch.Tensor) -> torch.Tensor:
+    def predict_points(self, images: torch.Tensor, video: bool = False) -> torch.Tensor:
         """images [B, 3, H, W] -> the points [B, P, 2] of ``predict``, without running psi."""
-        return self.read_points(*self.locate(images))
+        return self.read_points(*self.locate(images), video=video)

@@ -240,13 +240,14 @@ def solve_links(c, maps: torch.Tensor, points: torch.Tensor,
     return min(found, key=lambda s: float(f(s)))
 
 
-def solver_points(c, maps: torch.Tensor) -> torch.Tensor:
+def solver_points(c, maps: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
     """Noise-free location maps [K, P, H, W] -> the points [K, P, 2] (normalised) whose links
-    the solver searches (``c.solver_points``): where the model reads its points
-    (``point_readout``: the arg-max pixel, or the mean), or the maps' means."""
+    the solver searches (``c.solver_points``): where the model reads its points (``read``
+    [K, P, 2], as ``point_readout`` read them; without it, the arg-max pixel), or the maps'
+    means."""
     if c.solver_points == "expected" or c.point_readout == "expected":
         return expected_location(maps)
-    return argmax_location(maps)
+    return argmax_location(maps) if read is None else read
 
 
 def spread_frames(frames: int, k: int) -> torch.Tensor:
@@ -296,13 +297,15 @@ class SolverSkeletonPredictor(nn.Module):
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, location_maps: torch.Tensor,
-                target_maps: torch.Tensor | None = None) -> torch.Tensor:
+                target_maps: torch.Tensor | None = None,
+                read: torch.Tensor | None = None) -> torch.Tensor:
         """Links [B, P, P] per image from its maps [B, P, H, W]; with a pair's target maps [B, P,
         H, W] (training), the links minimise the terms with the source/target pair, as the
-        losses see it, so that a link must hold in both frames."""
+        losses see it, so that a link must hold in both frames. read [B, P, 2]: the points the
+        model read from the maps (``solver_points``)."""
         maps = location_maps.detach().float()
         if target_maps is None:
-            pts = solver_points(self.config, maps)
+            pts = solver_points(self.config, maps, None if read is None else read.float())
             t_maps = t_pts = [None] * maps.shape[0]
         else:                                   # the points the losses see
             pts = expected_location(maps)
@@ -313,7 +316,9 @@ class SolverSkeletonPredictor(nn.Module):
                             for b in range(maps.shape[0])]).to(location_maps.dtype)
 
     @torch.no_grad()
-    def video_links(self, location_maps: torch.Tensor) -> torch.Tensor:
-        """One skeleton for K frames of a video: maps [K, P, H, W] -> links [P, P]."""
+    def video_links(self, location_maps: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
+        """One skeleton for K frames of a video: maps [K, P, H, W] (and the points read from
+        them, [K, P, 2]: ``solver_points``) -> links [P, P]."""
         maps = location_maps.detach().float()
-        return solve_links(self.config, maps, solver_points(self.config, maps)).to(location_maps.dtype)
+        pts = solver_points(self.config, maps, None if read is None else read.float())
+        return solve_links(self.config, maps, pts).to(location_maps.dtype)

@@ -57,3 +57,42 @@ def argmax_location(maps: torch.Tensor) -> torch.Tensor:
     first on a tie)."""
     b, p, h, w = maps.shape
     return pixel_grid(h, w, maps.device, maps.dtype)[maps.reshape(b, p, h * w).argmax(-1)]
+
+
+def local_peaks(maps: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """maps [T, P, H, W] (non-negative) -> (values [T, P, k], coordinates [T, P, k, 2]) of each
+    map's k largest local maxima (a pixel >= its 8 neighbours), largest first. A map with fewer
+    than k maxima pads with value-0 entries (at some pixel of the map)."""
+    t, p, h, w = maps.shape
+    flat = maps.reshape(t * p, 1, h, w)
+    is_peak = flat >= torch.nn.functional.max_pool2d(flat, 3, stride=1, padding=1)
+    values, idx = torch.where(is_peak, flat, torch.zeros_like(flat)).reshape(t, p, h * w).topk(
+        min(k, h * w), dim=-1)
+    return values, pixel_grid(h, w, maps.device, maps.dtype)[idx]
+
+
+def tracked_location(maps: torch.Tensor, k: int, motion: float, floor: float = 1e-12) -> torch.Tensor:
+    """A video's maps [T, P, H, W] (probabilities; frames in order) -> coordinates [T, P, 2]:
+    per point, one of its map's k largest local maxima in every frame (``local_peaks``), the
+    sequence that maximises
+
+        sum_t log map_t(x_t)  -  sum_t |x_t - x_{t-1}|^2 / (2 motion^2)
+
+    (exact, by dynamic programming over the k peaks of each frame). motion: the typical step
+    between frames, in normalised units. Where a map splits its mass between places, the arg-max
+    jumps between them from frame to frame; this keeps the point on the place it moves on from.
+    k = 1 is ``argmax_location``."""
+    values, xy = local_peaks(maps, k)                              # [T, P, k], [T, P, k, 2]
+    t = values.shape[0]
+    log_v = values.clamp_min(floor).log()
+    score, back = log_v[0], []
+    for i in range(1, t):
+        d2 = (xy[i][:, None] - xy[i - 1][:, :, None]).pow(2).sum(-1)   # [P, prev k, cur k]
+        best, arg = (score[:, :, None] - d2 / (2 * motion ** 2)).max(dim=1)
+        score = best + log_v[i]
+        back.append(arg)                                            # [P, cur k]
+    choice = [score.argmax(dim=-1)]                                 # [P]
+    for arg in reversed(back):
+        choice.append(arg.gather(1, choice[-1][:, None])[:, 0])
+    choice = torch.stack(choice[::-1])                              # [T, P]
+    return xy.gather(2, choice[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]

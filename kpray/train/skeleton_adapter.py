@@ -87,7 +87,7 @@ class SkeletonAdapter(Adapter):
     @torch.no_grad()
     def points(self, model, frames: np.ndarray) -> np.ndarray:
         """frames [T, H, W, 3] uint8 -> the points [T, P, 2] pixels of ``predict``, without psi."""
-        pts = model.predict_points(self.frames_tensor(model, frames))
+        pts = model.predict_points(self.frames_tensor(model, frames), video=True)
         return to_pixels(pts.float(), frames.shape[1]).cpu().numpy()
 
     def frames_tensor(self, model, frames: np.ndarray) -> torch.Tensor:
