@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 LOWER_IS_BETTER = ("dist", "regression_error", "regression_error_plain", "time_s", "diff")
 # Counts and scales: in the table, not on the plot of scores.
 COUNTS = ("videos", "num_joints", "num_links", "diff", "alpha")
+COUNT_PREFIXES = ("joints_", "links_")        # joints and links per body kind
 
 
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -64,7 +65,7 @@ def summary_rows(scalars: dict) -> list[tuple[str, float, float, float, int]]:
 def plot(scalars: dict, title: str, path: str) -> None:
     losses = {t: s for t, s in scalars.items() if t.startswith("loss/")}
     vals = {t: s for t, s in scalars.items() if t.startswith("val/") and not t.endswith("time_s")
-            and t[4:] not in COUNTS}
+            and t[4:] not in COUNTS and not t[4:].startswith(COUNT_PREFIXES)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     ax = axes[0]
     for tag, s in sorted(losses.items()):
