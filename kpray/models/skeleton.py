@@ -260,10 +260,11 @@ class SkeletonConfig:
                                     # maxima per frame that best trades map value against motion
                                     # (``tracked_location``); on a lone image, the arg-max. A map
                                     # split between two places has its arg-max jump between them.
-                                    # Measured on the test videos of two recipe runs on untuned
-                                    # Cartpoles seeds, against "argmax": joint F1 0.551 -> 0.596
-                                    # and 0.486 -> 0.548, distance 0.182 -> 0.155 and 0.199 ->
-                                    # 0.159 (docs/benchmarks.md, session 30)
+                                    # Measured on the test videos of three recipe runs on
+                                    # untuned Cartpoles seeds, against "argmax": joint F1 0.551
+                                    # -> 0.596, 0.486 -> 0.548, 0.493 -> 0.501; distance, Bcc
+                                    # and structure F1 better on all three; Spearman lower on
+                                    # two (docs/benchmarks.md, session 30)
     readout_peaks: int = 8          # "tracked": local maxima per frame a point may take
     readout_motion: float = 0.1     # "tracked": typical step of a point between frames, in
                                     # normalised units (0.1 = 3.2 px at 64x64; true joints move
