@@ -264,7 +264,8 @@ class SkeletonConfig:
                                     # untuned Cartpoles seeds, against "argmax": joint F1 0.551
                                     # -> 0.596, 0.486 -> 0.548, 0.493 -> 0.501; distance, Bcc
                                     # and structure F1 better on all three; Spearman lower on
-                                    # two (docs/benchmarks.md, session 30)
+                                    # two, but not on 80 training videos of each
+                                    # (docs/benchmarks.md, session 30)
     readout_peaks: int = 8          # "tracked": local maxima per frame a point may take
     readout_motion: float = 0.1     # "tracked": typical step of a point between frames, in
                                     # normalised units (0.1 = 3.2 px at 64x64; true joints move
