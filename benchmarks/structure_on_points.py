@@ -101,8 +101,8 @@ def video_maps(model, adapter, episodes) -> tuple[list[torch.Tensor], list[np.nd
 def read_tracks(model, maps: list[torch.Tensor], size: int) -> tuple[list[torch.Tensor], list[np.ndarray]]:
     """(the points [T, P, 2] normalised, and in pixels of a ``size`` image) that ``model``'s
     ``point_readout`` reads from each video's maps [T, P, H, W]: a setting may change the
-    readout without running pi again."""
-    read = [model.read_points(torch.log(m.clamp_min(1e-30)), m, video=True).float() for m in maps]
+    readout without running pi again (a map's arg-max is its logits')."""
+    read = [model.read_points(m, m, video=True).float() for m in maps]
     return read, [to_pixels(r, size).cpu().numpy() for r in read]
 
 

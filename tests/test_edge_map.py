@@ -27,7 +27,6 @@ def test_coordinate_convention_round_trip():
     assert torch.allclose(to_normalised(torch.tensor([31.5, 31.5]), 64), torch.zeros(2))
 
 
-
 def test_tracked_location_is_the_best_path_over_the_peaks_by_brute_force():
     g = torch.Generator().manual_seed(0)
     maps = torch.rand(4, 2, 6, 6, generator=g) ** 4                     # [T, P, H, W]

@@ -247,7 +247,7 @@ def solver_points(c, maps: torch.Tensor, read: torch.Tensor | None = None) -> to
     means."""
     if c.solver_points == "expected" or c.point_readout == "expected":
         return expected_location(maps)
-    return argmax_location(maps) if read is None else read
+    return argmax_location(maps) if read is None else read.to(maps.dtype)
 
 
 def spread_frames(frames: int, k: int) -> torch.Tensor:
@@ -305,7 +305,7 @@ class SolverSkeletonPredictor(nn.Module):
         model read from the maps (``solver_points``)."""
         maps = location_maps.detach().float()
         if target_maps is None:
-            pts = solver_points(self.config, maps, None if read is None else read.float())
+            pts = solver_points(self.config, maps, read)
             t_maps = t_pts = [None] * maps.shape[0]
         else:                                   # the points the losses see
             pts = expected_location(maps)
@@ -320,5 +320,5 @@ class SolverSkeletonPredictor(nn.Module):
         """One skeleton for K frames of a video: maps [K, P, H, W] (and the points read from
         them, [K, P, 2]: ``solver_points``) -> links [P, P]."""
         maps = location_maps.detach().float()
-        pts = solver_points(self.config, maps, None if read is None else read.float())
+        pts = solver_points(self.config, maps, read)
         return solve_links(self.config, maps, pts).to(location_maps.dtype)
