@@ -246,6 +246,22 @@ def joint_metrics(pred, gt, eps: float, matching=None, distances=None) -> dict:
     return out
 
 
+def joint_hit_rates(pred, gt, eps: float, matching=None, distances=None) -> np.ndarray:
+    """Which true joints a video's prediction finds: float64 ``[J]``, for each GT joint the
+    share of frames in which the predicted joint matched to it (:func:`video_matching`) lies
+    within ``eps``; 0 for a GT joint no predicted joint is matched to. pred ``[T, P, 2]``, gt
+    ``[T, J, 2]``, same units; ``matching``/``distances`` as in :func:`joint_metrics`. Its sum
+    over joints is the mean number of hits per frame (``recall * J``)."""
+    d = pairwise_distances(pred, gt) if distances is None else distances
+    out = np.zeros(d.shape[2])
+    if d.shape[1] == 0 or d.shape[2] == 0:
+        return out
+    rows, cols = video_matching(None, None, d) if matching is None else matching
+    rows, cols = np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)
+    out[cols] = (d[:, rows, cols] <= eps).mean(axis=0)
+    return out
+
+
 def _consistency(d: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
     """Fraction of (t, i in M) with per-frame assignment M_t(i) == M(i); d: [T, P, J]."""
     T, P, J = d.shape

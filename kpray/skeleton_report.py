@@ -72,9 +72,15 @@ def oracle_choice(ep, points_px, eps: float) -> tuple[np.ndarray, np.ndarray]:
 def _joints_record(ep, joints, adj, eps: float) -> dict:
     """Metrics of one video from joints [T, K, 2] pixels and adjacency [K, K]."""
     from kpray.evaluation import evaluate_video
+    from kpray.metrics import joint_hit_rates, normalise_pixels
 
     r = evaluate_video(ep, joints, adj, eps)
-    return {"joint_f1": r["joints"]["f1"], "dist": r["joints"]["dist"], "diff": r["joints"]["diff"],
+    size = np.asarray(ep["frames"]).shape[1:3][::-1]
+    hits = joint_hit_rates(normalise_pixels(joints, size), normalise_pixels(ep["joints"], size),
+                           eps, matching=r["matching"])
+    return {"hits": hits.tolist(),
+            "joint_names": list(ep.get("meta", {}).get("joint_names") or range(len(hits))),
+            "joint_f1": r["joints"]["f1"], "dist": r["joints"]["dist"], "diff": r["joints"]["diff"],
             "consistency": r["joints"]["consistency"], "bcc": r["structure"]["bcc"],
             "bcc_defined": r["structure"]["bcc"],
             "struct_f1": r["structure"]["f1"], "joints": int(joints.shape[1]),
@@ -97,13 +103,22 @@ def _mean(records: list[dict]) -> dict:
 
 
 def per_body(records: list[dict]) -> dict:
-    """{body: {"videos", "true_joints", "joints", "links"}} (means over the body's videos)."""
+    """{body: {"videos", "true_joints", "joints", "links", "hits", "joint_names"}} (means over
+    the body's videos; "hits" per true joint, in the body's joint order, where every video of
+    the body has the same joints, else empty)."""
     groups = defaultdict(list)
     for r in records:
         groups[r["body"]].append(r)
-    return {b: {"videos": len(g), "true_joints": float(np.mean([r["true_joints"] for r in g])),
-                "joints": float(np.mean([r["joints"] for r in g])),
-                "links": float(np.mean([r["links"] for r in g]))} for b, g in sorted(groups.items())}
+    out = {}
+    for b, g in sorted(groups.items()):
+        names = [r.get("joint_names") for r in g]
+        same = "hits" in g[0] and all(n == names[0] for n in names)
+        out[b] = {"videos": len(g), "true_joints": float(np.mean([r["true_joints"] for r in g])),
+                  "joints": float(np.mean([r["joints"] for r in g])),
+                  "links": float(np.mean([r["links"] for r in g])),
+                  "hits": np.mean([r["hits"] for r in g], axis=0).tolist() if same else [],
+                  "joint_names": [str(n) for n in names[0]] if same else []}
+    return out
 
 
 def _predict_all(adapter, model, episodes, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -206,6 +221,14 @@ def to_markdown(c: dict) -> str:
     for b, info in bodies.items():
         cells = [f"{c['bodies'][n][b]['joints']:.1f} / {c['bodies'][n][b]['links']:.1f}" for n in names]
         lines.append(f"| {b} | {info['videos']} | {info['true_joints']:.0f} | " + " | ".join(cells) + " |")
+    if any(info.get("hits") for info in bodies.values()):
+        lines += ["", "Share of frames in which a true joint is found (its matched predicted joint "
+                  "within eps), per true joint in the body's order:", "",
+                  "| body | true joints | " + " | ".join(names) + " |",
+                  "|" + " --- |" * (2 + len(names))]
+        for b, info in bodies.items():
+            cells = [" ".join(f"{h:.2f}" for h in c["bodies"][n][b].get("hits", [])) for n in names]
+            lines.append(f"| {b} | {' '.join(info.get('joint_names', []))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -137,6 +137,19 @@ def test_hand_case_more_gt_than_predictions():
                                  "consistency": 1.0, "diff": 1.0})
 
 
+def test_joint_hit_rates_hand_case():
+    # J = 3 true joints, P = 2 predictions over 2 frames; M: i0->j1 (distances 0, 0.3),
+    # i1->j0 (0.1, 0.1); j2 is matched to nothing
+    gt = np.array([[[0, 0], [1, 0], [9, 9]], [[0, 0], [0, 1], [9, 9]]], dtype=float)
+    pred = np.array([[[1, 0], [0.1, 0]], [[0, 1.3], [0, 0.1]]], dtype=float)
+    got = M.joint_hit_rates(pred, gt, eps=0.2)
+    assert got == pytest.approx([1.0, 0.5, 0.0])
+    # their sum is the mean hits per frame: recall * J
+    assert got.sum() == pytest.approx(M.joint_metrics(pred, gt, eps=0.2)["recall"] * 3)
+    assert M.joint_hit_rates(pred, gt, eps=0.4) == pytest.approx([1.0, 1.0, 0.0])
+    assert M.joint_hit_rates(np.zeros((2, 0, 2)), gt, eps=0.2).tolist() == [0.0, 0.0, 0.0]
+
+
 def test_distance_equal_to_eps_is_a_hit():
     gt = np.zeros((1, 1, 2))
     pred = np.array([[[0.75, 1.0]]])                                  # distance exactly 1.25

@@ -60,6 +60,26 @@ def test_oracle_choice_keeps_the_points_on_true_joints():
     assert joints.shape[1] == 3 and sub.sum() == 4
 
 
+def test_joint_record_finds_each_true_joint_in_its_share_of_frames():
+    from kpray.skeleton_report import _joints_record, per_body
+
+    # 64x64, eps 0.15 = 4.7 px; true chain hinge_1 - hinge_2 - tip over 2 frames
+    gt = np.array([[[10, 10], [30, 10], [30, 40]], [[12, 10], [32, 12], [30, 44]]], np.float64)
+    adj = np.zeros((3, 3), bool)
+    adj[0, 1] = adj[1, 0] = adj[1, 2] = adj[2, 1] = True
+    ep = {"frames": np.zeros((2, 64, 64, 3), np.uint8), "joints": gt, "adjacency": adj,
+          "meta": {"body": "cartpole:2", "joint_names": ["hinge_1", "hinge_2", "tip"]}}
+    joints = np.stack([gt[:, 2] + [[1, 0], [9, 0]],    # the tip, 9 px off in frame 1
+                       gt[:, 0] + [0, 2]], 1)          # hinge_1; hinge_2 has no joint
+    r = _joints_record(ep, joints, np.array([[0, 1], [1, 0]], bool), 0.15)
+    assert r["hits"] == pytest.approx([1.0, 0.0, 0.5])
+    assert r["joint_names"] == ["hinge_1", "hinge_2", "tip"]
+    # per frame F1 = 2 hits_t / (P + J), so its mean is 2 * sum(hits) / (P + J)
+    assert r["joint_f1"] == pytest.approx(2 * sum(r["hits"]) / (2 + 3))
+    b = per_body([r, dict(r, hits=[0.0, 1.0, 1.0])])["cartpole:2"]
+    assert b["hits"] == pytest.approx([0.5, 0.5, 0.75]) and b["joint_names"][2] == "tip"
+
+
 def test_comparison_means_count_nan_as_zero_except_the_left_out_bcc():
     from kpray.skeleton_report import KEYS, _mean
 
@@ -148,6 +168,10 @@ def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
     assert fig.size == (3 * (64 * 3 + 2) + 2, 2 * (64 * 3 + 2) + 2)        # 3 bodies, 2 rows
     md = (out / "comparison.md").read_text()
     assert "structure Bcc" in md and "Spearman" in md and "cartpole:3" in md
+    assert "per true joint" in md
+    for body in c["bodies"]["trained"].values():      # one share per true joint, named
+        assert len(body["hits"]) == len(body["joint_names"]) == body["true_joints"]
+        assert all(0 <= h <= 1 for h in body["hits"])
     assert "structure Bcc" in capsys.readouterr().out
     assert job.main(["--checkpoint", str(root / "none"), "--data", str(shards),
                      "--out", str(root / "bad")]) == 2
