@@ -44,7 +44,7 @@ DATASET ?= cartpoles
 SEED ?= 0
 OUT ?= runs/learn-skeleton
 PRESET ?= $(DATASET)
-# 2600 steps take 35-37 min of training on the 2-core CPU (0.81-0.84 s a step with validation),
+# 2600 steps take 35-38 min of training on the 2-core CPU (0.81-0.84 s a step with validation),
 # within issue 11's 45 min; on four plain Cartpoles seeds the last 600 raised test joint F1 by
 # 0.017 and Spearman by 0.18 on average (docs/benchmarks.md, session 31).
 LEARN_STEPS ?= 2600
