@@ -113,7 +113,8 @@ def evaluate_video(episode: Mapping, points, adj, eps: float) -> dict:
     Coordinates are normalised to [-1, 1] (:func:`kpray.metrics.normalise_pixels`) before the
     joint metrics, so ``eps`` and ``dist`` are in the paper's units.
 
-    Returns ``{"P", "J", "joints": {...}, "structure": {...}, "matching": (rows, cols)}``.
+    Returns ``{"P", "J", "joints": {...}, "structure": {...}, "matching": (rows, cols),
+    "hits": [J]}`` (``hits``: :func:`kpray.metrics.joint_hit_rates`, which true joints are found).
     """
     frames, gt = np.asarray(episode["frames"]), np.asarray(episode["joints"])
     h, w = frames.shape[1:3]
@@ -125,7 +126,8 @@ def evaluate_video(episode: Mapping, points, adj, eps: float) -> dict:
             "joints": M.joint_metrics(pred_n, gt_n, eps, matching=matching, distances=d),
             "structure": M.structure_metrics(adj, episode["adjacency"], None, None,
                                              matching=matching),
-            "matching": matching}
+            "matching": matching,
+            "hits": M.joint_hit_rates(None, None, eps, matching=matching, distances=d)}
 
 
 def evaluate_videos(episodes: Iterable[Mapping], predictions: Mapping[int, Mapping], out_dir,

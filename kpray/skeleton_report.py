@@ -72,12 +72,9 @@ def oracle_choice(ep, points_px, eps: float) -> tuple[np.ndarray, np.ndarray]:
 def _joints_record(ep, joints, adj, eps: float) -> dict:
     """Metrics of one video from joints [T, K, 2] pixels and adjacency [K, K]."""
     from kpray.evaluation import evaluate_video
-    from kpray.metrics import joint_hit_rates, normalise_pixels
 
     r = evaluate_video(ep, joints, adj, eps)
-    size = np.asarray(ep["frames"]).shape[1:3][::-1]
-    hits = joint_hit_rates(normalise_pixels(joints, size), normalise_pixels(ep["joints"], size),
-                           eps, matching=r["matching"])
+    hits = r["hits"]
     return {"hits": hits.tolist(),
             "joint_names": list(ep.get("meta", {}).get("joint_names") or range(len(hits))),
             "joint_f1": r["joints"]["f1"], "dist": r["joints"]["dist"], "diff": r["joints"]["diff"],
