@@ -262,6 +262,46 @@ def joint_hit_rates(pred, gt, eps: float, matching=None, distances=None) -> np.n
     return out
 
 
+def joint_reach_rates(points, gt, eps: float) -> np.ndarray:
+    """How near the points come to each true joint, frame by frame: float64 ``[J]``, for each GT
+    joint the share of frames in which *some* point lies within ``eps`` (no matching: a point
+    may serve a different joint in each frame). points ``[T, P, 2]``, gt ``[T, J, 2]``, same
+    units. It bounds :func:`joint_hit_rates` of any choice of these points as joints (one point
+    per joint over the whole video); where reach is high and hits are low, the points pass by
+    the joint but no one point stays on it."""
+    d = pairwise_distances(points, gt)
+    if d.shape[1] == 0:
+        return np.zeros(d.shape[2])
+    return (d.min(axis=1) <= eps).mean(axis=0)
+
+
+def skeleton_coverage(points, gt, adjacency, radius: float, spacing: float) -> float:
+    """Share of the true skeleton that lies within ``radius`` of some point, mean over frames:
+    each true link (``adjacency`` ``[J, J]``) is sampled every ``spacing`` or closer (both
+    ends included) and each frame's share is taken over all the samples of all its links.
+    points ``[T, P, 2]``, gt ``[T, J, 2]``, same units as radius and spacing. NaN where the
+    skeleton has no link. With radius the transporter's splat reach, what the points can paint."""
+    if not spacing > 0:
+        raise ValueError(f"spacing must be > 0, got {spacing}")
+    pts, gt = np.asarray(points, np.float64), np.asarray(gt, np.float64)
+    i, j = np.nonzero(np.triu(_bool_adjacency(adjacency, "adjacency"), 1))
+    if len(i) == 0:
+        return math.nan
+    share = []
+    for p, g in zip(pts, gt):
+        samples = []
+        for a, b in zip(g[i], g[j]):
+            n = int(math.ceil(np.linalg.norm(b - a) / spacing)) + 1
+            samples.append(a + (b - a) * np.linspace(0.0, 1.0, max(n, 2))[:, None])
+        s = np.concatenate(samples)                                          # [N, 2]
+        if p.shape[0] == 0:
+            share.append(0.0)
+            continue
+        d = np.sqrt(((s[:, None] - p[None]) ** 2).sum(-1)).min(axis=1)
+        share.append(float((d <= radius).mean()))
+    return float(np.mean(share))
+
+
 def _consistency(d: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
     """Fraction of (t, i in M) with per-frame assignment M_t(i) == M(i); d: [T, P, J]."""
     T, P, J = d.shape

@@ -16,6 +16,9 @@
 
 Also the image dependence: Spearman's rank correlation, over videos, between the predicted and
 the true number of joints (NaN when either is constant), and link and joint counts per body.
+Per body and true joint, the share of frames each is found (hits); and where the trained and
+untrained points lie, frame by frame (``point_placement``): how much of the true links they can
+paint and which true joints some point comes near.
 ``jobs/compare_skeleton.py`` is the command; ``make learn-skeleton`` ends with it.
 """
 from __future__ import annotations
@@ -38,6 +41,9 @@ KEYS = (("joint_f1", "joint F1", True), ("dist", "joint distance", False),
 # true pairs are all links (every 1-pole cartpole: 2 joints, 1 pair), so counted as 0 it caps
 # even a perfect skeleton's mean below 1.
 NAN_LEFT_OUT = {"bcc_defined"}
+# How far a point paints: the transporter's 3x3 splat reaches 1 px along a row or column and
+# 1.4 px diagonally, so a true link more than 1.5 px from every point is not painted by any.
+SPLAT_REACH_PX = 1.5
 
 
 def _video_record(ep, points_px, links_pp, eps: float) -> dict:
@@ -118,6 +124,31 @@ def per_body(records: list[dict]) -> dict:
     return out
 
 
+def point_placement(episodes: list[dict], preds: list[tuple], eps: float) -> dict:
+    """Where the points lie, frame by frame and whatever their links: {body: {"coverage",
+    "reach", "joint_names"}}, means over the body's videos of ``kpray.metrics.skeleton_coverage``
+    (share of the true links within ``SPLAT_REACH_PX`` of a point, sampled every 0.5 px) and of
+    ``joint_reach_rates`` (per true joint, the share of frames with some point within eps,
+    normalised units). preds: (points [T, P, 2] pixels, links) per episode."""
+    from kpray.metrics import joint_reach_rates, normalise_pixels, skeleton_coverage
+
+    groups = defaultdict(list)
+    for ep, (pts, _) in zip(episodes, preds):
+        size = np.asarray(ep["frames"]).shape[1]
+        gt, adj = np.asarray(ep["joints"], np.float64), np.asarray(ep["adjacency"], bool)
+        names = [str(n) for n in (ep.get("meta", {}).get("joint_names") or range(gt.shape[1]))]
+        groups[str(ep.get("meta", {}).get("body", "?"))].append(
+            (skeleton_coverage(pts, gt, adj, SPLAT_REACH_PX, 0.5),
+             joint_reach_rates(normalise_pixels(pts, size), normalise_pixels(gt, size), eps), names))
+    out = {}
+    for body, g in sorted(groups.items()):
+        same = all(len(r) == len(g[0][1]) and n == g[0][2] for _, r, n in g)
+        out[body] = {"coverage": float(np.nanmean([c for c, _, _ in g])),
+                     "reach": np.mean([r for _, r, _ in g], axis=0).tolist() if same else [],
+                     "joint_names": g[0][2] if same else []}
+    return out
+
+
 def _predict_all(adapter, model, episodes, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(points [T, P, 2] pixels, links [P, P] of one seeded random frame) per episode."""
     out = []
@@ -193,6 +224,7 @@ def compare_skeleton(checkpoint: str, episodes: list[dict], eps: float | None = 
             "spearman": {name: spearman([x["joints"] for x in r], [x["true_joints"] for x in r])
                          for name, r in records.items()},
             "bodies": {name: per_body(r) for name, r in records.items()},
+            "placement": {name: point_placement(episodes, p, eps) for name, p in preds.items()},
             "paper": paper, "figure": figure}
 
 
@@ -226,6 +258,21 @@ def to_markdown(c: dict) -> str:
         for b, info in bodies.items():
             cells = [" ".join(f"{h:.2f}" for h in c["bodies"][n][b].get("hits", [])) for n in names]
             lines.append(f"| {b} | {' '.join(info.get('joint_names', []))} | " + " | ".join(cells) + " |")
+    placement = c.get("placement") or {}
+    if placement:
+        who = list(placement)
+        lines += ["", f"Where the points lie, frame by frame (no matching): the share of the true links "
+                  f"within {SPLAT_REACH_PX:g} px of a point (what 3x3 splats can paint), and per true "
+                  "joint the share of frames in which some point lies within eps (an upper bound on "
+                  "the share above, which holds one point per joint over the video):", "",
+                  "| body | true joints | " + " | ".join(f"{n}: links covered | {n}: joints reached"
+                                                         for n in who) + " |",
+                  "|" + " --- |" * (2 + 2 * len(who))]
+        for b in placement[who[0]]:
+            cells = [f"{placement[n][b]['coverage']:.2f} | "
+                     + " ".join(f"{r:.2f}" for r in placement[n][b]["reach"]) for n in who]
+            lines.append(f"| {b} | {' '.join(placement[who[0]][b]['joint_names'])} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -150,6 +150,41 @@ def test_joint_hit_rates_hand_case():
     assert M.joint_hit_rates(np.zeros((2, 0, 2)), gt, eps=0.2).tolist() == [0.0, 0.0, 0.0]
 
 
+def test_joint_reach_rates_hand_case_and_bound():
+    gt = np.array([[[0, 0], [1, 0], [9, 9]], [[0, 0], [0, 1], [9, 9]]], dtype=float)
+    pred = np.array([[[1, 0], [0.1, 0]], [[0, 1.3], [0, 0.1]]], dtype=float)
+    assert M.joint_reach_rates(pred, gt, eps=0.2) == pytest.approx([1.0, 0.5, 0.0])
+    # one point that visits both joints in turn: each joint is reached in half the frames,
+    # but a video matching holds the point on one of them only
+    gt = np.array([[[0, 0], [5, 0]]] * 2, dtype=float)
+    pred = np.array([[[0, 0]], [[5, 0]]], dtype=float)
+    assert M.joint_reach_rates(pred, gt, eps=0.5) == pytest.approx([0.5, 0.5])
+    assert M.joint_hit_rates(pred, gt, eps=0.5).sum() == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pred, gt = rng.uniform(0, 4, (6, 5, 2)), rng.uniform(0, 4, (6, 3, 2))
+        assert np.all(M.joint_reach_rates(pred, gt, 1.0) >= M.joint_hit_rates(pred, gt, 1.0))
+    assert M.joint_reach_rates(np.zeros((2, 0, 2)), gt[:2], 1.0).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_skeleton_coverage_hand_case():
+    # one link (0, 0) - (4, 0) sampled at x = 0 .. 4; radius 1
+    gt = np.array([[[0, 0], [4, 0]]] * 2, dtype=float)
+    adj = np.array([[0, 1], [1, 0]])
+    pred = np.array([[[0.5, 0]], [[2, 0.5]]], dtype=float)      # frame 0: x = 0, 1; frame 1: x = 2
+    assert M.skeleton_coverage(pred, gt, adj, radius=1.0, spacing=1.0) == pytest.approx((2 / 5 + 1 / 5) / 2)
+    # a point on each end covers both ends only; two more in between cover it all
+    ends = np.array([[[0, 0], [4, 0]]], dtype=float)
+    assert M.skeleton_coverage(ends, gt[:1], adj, 0.5, 1.0) == pytest.approx(2 / 5)
+    full = np.array([[[0, 0], [4, 0], [1.5, 0], [2.5, 0]]], dtype=float)
+    assert M.skeleton_coverage(full, gt[:1], adj, 0.5, 1.0) == pytest.approx(1.0)
+    # no link: undefined; no point: nothing covered
+    assert math.isnan(M.skeleton_coverage(pred, gt, np.zeros((2, 2)), 1.0, 1.0))
+    assert M.skeleton_coverage(np.zeros((2, 0, 2)), gt, adj, 1.0, 1.0) == 0.0
+    with pytest.raises(ValueError):
+        M.skeleton_coverage(pred, gt, adj, 1.0, 0.0)
+
+
 def test_distance_equal_to_eps_is_a_hit():
     gt = np.zeros((1, 1, 2))
     pred = np.array([[[0.75, 1.0]]])                                  # distance exactly 1.25

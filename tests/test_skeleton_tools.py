@@ -80,6 +80,24 @@ def test_joint_record_finds_each_true_joint_in_its_share_of_frames():
     assert b["hits"] == pytest.approx([0.5, 0.5, 0.75]) and b["joint_names"][2] == "tip"
 
 
+def test_point_placement_per_body_hand_case():
+    from kpray.skeleton_report import SPLAT_REACH_PX, point_placement
+
+    # one 2-frame cartpole:1 video, hinge_1 (10, 10) - tip (10, 30) (normalised eps 0.15 = 4.7 px)
+    gt = np.array([[[10, 10], [10, 30]]] * 2, np.float64)
+    ep = {"frames": np.zeros((2, 64, 64, 3), np.uint8), "joints": gt,
+          "adjacency": np.array([[0, 1], [1, 0]], bool),
+          "meta": {"body": "cartpole:1", "joint_names": ["hinge_1", "tip"]}}
+    # frame 0: a point on the hinge (covers y 10-11.5: 4 samples) and one 10 px down the pole
+    # (y 18.5-21.5: 7 samples); frame 1: both 6 px off the pole; links sampled every 0.5 px:
+    # 41 samples, 1.5 px reach
+    pts = np.array([[[10, 10], [10, 20]], [[16, 10], [16, 12]]], np.float64)
+    got = point_placement([ep, dict(ep)], [(pts, None), (pts, None)], 0.15)["cartpole:1"]
+    assert SPLAT_REACH_PX == 1.5
+    assert got["coverage"] == pytest.approx((4 + 7) / 41 / 2)
+    assert got["reach"] == pytest.approx([0.5, 0.0]) and got["joint_names"] == ["hinge_1", "tip"]
+
+
 def test_comparison_means_count_nan_as_zero_except_the_left_out_bcc():
     from kpray.skeleton_report import KEYS, _mean
 
@@ -172,6 +190,11 @@ def test_compare_job_writes_the_table(tiny_checkpoint, capsys):
     for body in c["bodies"]["trained"].values():      # one share per true joint, named
         assert len(body["hits"]) == len(body["joint_names"]) == body["true_joints"]
         assert all(0 <= h <= 1 for h in body["hits"])
+    for name in ("trained", "untrained"):             # reach bounds the hits of the same points
+        for b, placed in c["placement"][name].items():
+            assert 0 <= placed["coverage"] <= 1 and len(placed["reach"]) == c["bodies"][name][b]["true_joints"]
+            assert all(r >= h - 1e-9 for r, h in zip(placed["reach"], c["bodies"][name][b]["hits"]))
+    assert "links covered" in md
     assert "structure Bcc" in capsys.readouterr().out
     assert job.main(["--checkpoint", str(root / "none"), "--data", str(shards),
                      "--out", str(root / "bad")]) == 2
