@@ -287,6 +287,8 @@ def skeleton_coverage(points, gt, adjacency, radius: float, spacing: float) -> f
     i, j = np.nonzero(np.triu(_bool_adjacency(adjacency, "adjacency"), 1))
     if len(i) == 0:
         return math.nan
+    if pts.shape[1] == 0:
+        return 0.0
     share = []
     for p, g in zip(pts, gt):
         samples = []
@@ -294,9 +296,6 @@ def skeleton_coverage(points, gt, adjacency, radius: float, spacing: float) -> f
             n = int(math.ceil(np.linalg.norm(b - a) / spacing)) + 1
             samples.append(a + (b - a) * np.linspace(0.0, 1.0, max(n, 2))[:, None])
         s = np.concatenate(samples)                                          # [N, 2]
-        if p.shape[0] == 0:
-            share.append(0.0)
-            continue
         d = np.sqrt(((s[:, None] - p[None]) ** 2).sum(-1)).min(axis=1)
         share.append(float((d <= radius).mean()))
     return float(np.mean(share))

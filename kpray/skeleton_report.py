@@ -75,6 +75,11 @@ def oracle_choice(ep, points_px, eps: float) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(points_px, np.float64)[:, rows], adj
 
 
+def _joint_names(ep, count: int) -> list:
+    """The true joints' names from the episode's meta, else their indices 0 .. count - 1."""
+    return list(ep.get("meta", {}).get("joint_names") or range(count))
+
+
 def _joints_record(ep, joints, adj, eps: float) -> dict:
     """Metrics of one video from joints [T, K, 2] pixels and adjacency [K, K]."""
     from kpray.evaluation import evaluate_video
@@ -82,7 +87,7 @@ def _joints_record(ep, joints, adj, eps: float) -> dict:
     r = evaluate_video(ep, joints, adj, eps)
     hits = r["hits"]
     return {"hits": hits.tolist(),
-            "joint_names": list(ep.get("meta", {}).get("joint_names") or range(len(hits))),
+            "joint_names": _joint_names(ep, len(hits)),
             "joint_f1": r["joints"]["f1"], "dist": r["joints"]["dist"], "diff": r["joints"]["diff"],
             "consistency": r["joints"]["consistency"], "bcc": r["structure"]["bcc"],
             "bcc_defined": r["structure"]["bcc"],
@@ -136,7 +141,7 @@ def point_placement(episodes: list[dict], preds: list[tuple], eps: float) -> dic
     for ep, (pts, _) in zip(episodes, preds):
         size = np.asarray(ep["frames"]).shape[1]
         gt, adj = np.asarray(ep["joints"], np.float64), np.asarray(ep["adjacency"], bool)
-        names = [str(n) for n in (ep.get("meta", {}).get("joint_names") or range(gt.shape[1]))]
+        names = [str(n) for n in _joint_names(ep, gt.shape[1])]
         groups[str(ep.get("meta", {}).get("body", "?"))].append(
             (skeleton_coverage(pts, gt, adj, SPLAT_REACH_PX, 0.5),
              joint_reach_rates(normalise_pixels(pts, size), normalise_pixels(gt, size), eps), names))
