@@ -697,6 +697,28 @@ def test_skeleton_ramp_and_temperature():
         SkeletonConfig.from_preset("nope")
 
 
+def test_sparse_joints_scale_keeps_each_preset_rows_joint_weight_ratio():
+    """sparse_joints_scale 30: 30 x the row's joint weight whatever ``weights`` says (Cartpoles
+    0.1 -> 3, Spiders 0.005 -> 0.15), the other weights kept; 0 leaves the weights as given; the
+    model's ramped term weights and a saved config's round trip read it; negative is refused."""
+    from kpray.losses import skeleton as L
+
+    given = L.LossWeights(**{**L.PRESETS["spiders"].as_dict(), "sparse_joints": 3.0, "uniform": 1e4})
+    spiders = SkeletonConfig.from_preset("spiders", weights=given, sparse_joints_scale=30.0)
+    assert spiders.loss_weights().sparse_joints == pytest.approx(0.15)
+    assert spiders.loss_weights().uniform == 1e4
+    cart = SkeletonConfig.from_preset("cartpoles", sparse_joints_scale=30.0)
+    assert cart.loss_weights().sparse_joints == pytest.approx(3.0)
+    assert SkeletonConfig.from_preset("spiders", weights=given).loss_weights().sparse_joints == 3.0
+    model = tiny_skeleton(sparse_joints_scale=30.0)
+    assert model.term_weights(10_000)["sparse_joints"] == pytest.approx(3.0)
+    saved = spiders.to_dict()
+    saved["weights"] = L.LossWeights(**saved["weights"])
+    assert SkeletonConfig(**saved).loss_weights().sparse_joints == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="sparse_joints_scale"):
+        tiny_skeleton(sparse_joints_scale=-1.0)
+
+
 def test_skeleton_without_gumbel_noise_is_deterministic():
     torch.manual_seed(0)
     src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
