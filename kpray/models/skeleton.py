@@ -176,7 +176,8 @@ class SkeletonConfig:
                                     # recipe's 30 gives 3 on Cartpoles and Swimmers (0.1 in the
                                     # table) and 0.15 on Spiders (0.005). A joint weight of 3 on
                                     # Spiders gave every spider four joints (true 10-25); 0.15
-                                    # raised test joint F1 there from 0.32 to 0.61 (session 33)
+                                    # raised test joint F1 there from 0.32 to 0.61 (session 33).
+                                    # A search over the joint weight has no effect while it is on
     pyramid_levels: int = 5
     recon_reduction: str = "mean"   # open: eq. 1's squared norm, "sum" over pixels (literal) or
                                     # per-pixel "mean" (12288x smaller at 64x64; the runs that
