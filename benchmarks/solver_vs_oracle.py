@@ -67,13 +67,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="skeleton run folder or checkpoint_* folder")
-    ap.add_argument("data", help="shard folder with test-*.tar")
+    ap.add_argument("data", help="shard folder with train-*.tar / test-*.tar")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="model setting (JSON value), as in jobs/evaluate.py")
     ap.add_argument("--frames", type=int, default=None,
                     help="frames per video the losses see (default: the config's solver_frames)")
     ap.add_argument("--eps", type=float, default=0.15)
-    ap.add_argument("--episodes", type=int, default=None, help="first N test episodes only")
+    ap.add_argument("--episodes", type=int, default=None, help="first N episodes of the split only")
+    ap.add_argument("--split", default="test", choices=("train", "test"),
+                    help="which episodes (train: diagnose without touching the test set)")
     ap.add_argument("--by-body", action="store_true",
                     help="also the weighted terms per body (which term decides each body's count)")
     ap.add_argument("--threads", type=int, default=2)
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     model, adapter, cfg, _ = load_model(a.checkpoint, "cpu", overrides)
     c = model.config
     k = a.frames or c.solver_frames
-    episodes = list(iter_episodes(a.data, "test"))[:a.episodes]
+    episodes = list(iter_episodes(a.data, a.split))[:a.episodes]
     rows = {"solver": [], "oracle": [], "oracle, polished": []}
     for ep in episodes:
         frames = np.asarray(ep["frames"])
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
             r.update(_video_record(ep, track, s.numpy(), a.eps))
             rows[name].append(r)
     names = ["total", "near", "sparse_joints", "sparse_links", "uniform", "length"]
-    print(f"{len(episodes)} test videos, {k} frames each; weighted terms (mean), then metrics\n")
+    print(f"{len(episodes)} {a.split} videos, {k} frames each; weighted terms (mean), then metrics\n")
     print("| links | " + " | ".join(names) + " | joint F1 | struct F1 | joints, 1 to 5 poles |")
     print("|" + " --- |" * (len(names) + 4))
     for name, recs in rows.items():
