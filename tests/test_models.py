@@ -747,6 +747,33 @@ def test_near_and_length_move_the_points_only_when_asked(moves):
         assert (g is not None and g.abs().sum() > 0) == moves, k
 
 
+@pytest.mark.parametrize("psi_head", ["fc", "solver"])
+def test_near_moves_the_points_only_from_structure_moves_points_from(psi_head):
+    """structure_moves_points_from N: before N steps of the start, near and length leave the
+    point coordinates alone (a solver psi is not even run in training), from N on they move
+    them; a fc psi's links are trained by them throughout."""
+    src, tgt = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)
+    model = tiny_skeleton(structure_moves_points=True, structure_moves_points_from=5,
+                          psi_target="loss", psi_head=psi_head, gumbel_noise=False)
+    model.train()
+    for step, moves in ((4, False), (5, True)):
+        out = model.run(src, tgt, step=step)
+        assert out["moves_points"] == moves
+        if psi_head == "solver" and not moves:
+            assert out["links"] is None and "near" not in model.loss_terms(out, tgt)
+            continue
+        for k in ("source_points", "target_points"):
+            out[k].retain_grad()
+        terms = model.loss_terms(out, tgt)
+        terms["near"].backward()
+        for k in ("source_points", "target_points"):
+            g = out[k].grad
+            assert (g is not None and g.abs().sum() > 0) == moves, (step, k)
+    with pytest.raises(ValueError, match="structure_moves_points_from"):
+        tiny_skeleton(structure_moves_points_from=-1)
+
+
 @pytest.mark.parametrize("term", ["near", "length"])
 def test_points_gain_scales_only_its_terms_gradient_on_the_points(term):
     """near_points_gain / length_points_gain g: the term has the same value and the same

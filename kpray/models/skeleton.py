@@ -228,6 +228,10 @@ class SkeletonConfig:
     #                                  Near, with the source's links on the target's points too,
     #                                  is what ties a point's place from frame to frame; length
     #                                  only bounds a link's length
+    structure_moves_points_from: int = 0  # with structure_moves_points: the steps of a start
+    #                                  before which near and length leave the points alone (and,
+    #                                  with psi_head="solver", are not computed): the points
+    #                                  settle on the body by the reconstruction first
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
@@ -757,7 +761,8 @@ def check_config(c: SkeletonConfig) -> None:
     """Raise ValueError for settings the model cannot be built with."""
     for k in ("near_points_gain", "length_points_gain", "rigidity_weight",
               "rigidity_points_gain", "rigidity_start_step", "track_weight", "track_margin",
-              "track_start_step", "seek_weight", "seek_from", "seek_until", "sparse_joints_scale"):
+              "track_start_step", "seek_weight", "seek_from", "seek_until", "sparse_joints_scale",
+              "structure_moves_points_from"):
         if not 0 <= getattr(c, k) < float("inf"):
             raise ValueError(f"{k} must be a number >= 0, got {getattr(c, k)}")
     if c.point_readout not in ("argmax", "expected", "tracked"):
@@ -901,7 +906,8 @@ class SkeletonModel(FreshStarts, nn.Module):
         out = {"tau": tau, "source_maps": source_maps, "target_maps": target_maps,
                "links": links, "background": background, "reconstruction": recon,
                "source_points": expected_location(source_maps),
-               "target_points": expected_location(target_maps)}
+               "target_points": expected_location(target_maps),
+               "moves_points": self.moves_points(step)}
         if track_maps:
             out["track_maps"] = track_maps[0]
         return out
@@ -914,7 +920,13 @@ class SkeletonModel(FreshStarts, nn.Module):
         c = self.config
         rigid = c.rigidity_weight > 0 and step >= c.rigidity_start_step
         return (self.training and isinstance(self.psi, SolverSkeletonPredictor)
-                and not c.structure_moves_points and not rigid)
+                and not self.moves_points(step) and not rigid)
+
+    def moves_points(self, step: int) -> bool:
+        """Whether near and length move the point coordinates at ``step`` (training):
+        ``structure_moves_points``, from ``structure_moves_points_from`` steps into the start."""
+        c = self.config
+        return c.structure_moves_points and step - self.began() >= c.structure_moves_points_from
 
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """The unweighted terms of eqs. (1)-(5) and supplementary (8), keyed as L.LossWeights
@@ -944,7 +956,8 @@ class SkeletonModel(FreshStarts, nn.Module):
             links = links.detach()
         elif c.psi_target != "loss":
             raise ValueError(f"psi_target must be 'loss' or 'fit', got {c.psi_target!r}")
-        terms.update(structure_terms(c, links, *maps, *pts))
+        moving = c.structure_moves_points and out.get("moves_points", True)
+        terms.update(structure_terms(replace(c, structure_moves_points=moving), links, *maps, *pts))
         if c.rigidity_weight > 0:
             terms["rigidity"] = L.rigidity_loss(links if c.rigidity_trains_psi else links.detach(),
                                                 *_gained(*pts, c.rigidity_points_gain))
