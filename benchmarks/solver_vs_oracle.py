@@ -1,7 +1,10 @@
 """Is it the loss or the search? The structure loss of the solver's skeleton against that of the
-oracle choice of points, per test video, term by term.
+oracle choice of points, per video (test, or --split train), term by term.
 
-    python benchmarks/solver_vs_oracle.py CHECKPOINT DATA [--set KEY=VALUE ...] [--frames 32]
+    python benchmarks/solver_vs_oracle.py CHECKPOINT DATA [--set KEY=VALUE ...] [--frames 32] \
+        [--split train] [--by-body]
+
+(``--split train`` diagnoses on training videos and leaves the test set untouched.)
 
 For each test video, pi's location maps on K frames spread over it (``solver_frames``) are fixed,
 and two link matrices [P, P] are scored by the solver's objective

@@ -231,7 +231,12 @@ class SkeletonConfig:
     structure_moves_points_from: int = 0  # with structure_moves_points: the steps of a start
     #                                  before which near and length leave the points alone (and,
     #                                  with psi_head="solver", are not computed): the points
-    #                                  settle on the body by the reconstruction first
+    #                                  settle on the body by the reconstruction first. With the
+    #                                  solver, from 1000, near gain 3e-4 (about half the
+    #                                  reconstruction's pull on pi) and length gain 0, every
+    #                                  point stayed on the body; at gain 1e-3 all 16 collapsed
+    #                                  onto one link within 250 steps (docs/benchmarks.md,
+    #                                  session 34). Not in the recipe
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
