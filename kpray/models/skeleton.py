@@ -234,9 +234,11 @@ class SkeletonConfig:
     #                                  settle on the body by the reconstruction first. With the
     #                                  solver, from 1000, near gain 3e-4 (about half the
     #                                  reconstruction's pull on pi) and length gain 0, every
-    #                                  point stayed on the body; at gain 1e-3 all 16 collapsed
-    #                                  onto one link within 250 steps (docs/benchmarks.md,
-    #                                  session 34). Not in the recipe
+    #                                  point stayed on the body, and test joint F1 read 0.553
+    #                                  and 0.495 on two Cartpoles seeds (the recipe: 0.517,
+    #                                  0.518); at gain 1e-3 all 16 collapsed onto one link
+    #                                  within 250 steps (docs/benchmarks.md, session 34). Not in
+    #                                  the recipe
     l_min: float = 0.1              # open: shortest plausible link (normalised; 3.2 px at 64)
     l_max: float = 1.0              # open: longest plausible link (normalised; 32 px at 64)
     ramp_steps: int = 10_000        # uniform and sparse weights rise linearly over these steps
