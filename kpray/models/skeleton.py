@@ -963,8 +963,8 @@ class SkeletonModel(FreshStarts, nn.Module):
             links = links.detach()
         elif c.psi_target != "loss":
             raise ValueError(f"psi_target must be 'loss' or 'fit', got {c.psi_target!r}")
-        moving = c.structure_moves_points and out.get("moves_points", True)
-        terms.update(structure_terms(replace(c, structure_moves_points=moving), links, *maps, *pts))
+        held = pts if out["moves_points"] else [q.detach() for q in pts]   # before _from
+        terms.update(structure_terms(c, links, *maps, *held))
         if c.rigidity_weight > 0:
             terms["rigidity"] = L.rigidity_loss(links if c.rigidity_trains_psi else links.detach(),
                                                 *_gained(*pts, c.rigidity_points_gain))
